@@ -1,0 +1,85 @@
+/**
+ * Every failure the sidecar reports carries a stable `code`. Codes are API: scripts, logs, metrics
+ * and (later) the SMTP reply table key on them, so never rename one; add new ones instead.
+ */
+export const ERROR_CODES = {
+  // Encoding primitives
+  BASE64_INVALID: 'text is not valid base64',
+  ARMOR_NOT_FOUND: 'no armored block with an expected BEGIN line',
+  ARMOR_NO_END: 'armored block has no END line',
+  ARMOR_NO_CHECKSUM: 'armored block has no =CRC checksum line',
+  ARMOR_CRC_MISMATCH: 'armor checksum does not match its content',
+  ARMOR_TRAILING_DATA: 'data between the checksum line and the END line',
+  ARMOR_TOO_LARGE: 'armored text exceeds the size limit',
+  // Binary objects
+  OBJECT_TRUNCATED: 'object is shorter than its header',
+  OBJECT_LENGTH_MISMATCH: 'header length does not match the object size',
+  OBJECT_TOO_LARGE: 'object exceeds the size limit',
+  OBJECT_BAD_MAGIC: 'unexpected DIME object type (magic number)',
+  // Keys files
+  KEYS_BAD_FIELD: 'keys file field is missing or has the wrong id or length',
+  KEYS_TRAILING_DATA: 'keys file has bytes after its last field',
+  // Signets
+  SIGNET_FIELD_UNKNOWN: 'signet field id is not defined for this signet type',
+  SIGNET_FIELD_ORDER: 'signet fields out of order or a unique field repeated',
+  SIGNET_FIELD_OVERFLOW: 'signet field length runs past the end of the signet',
+  SIGNET_FIELD_LENGTH: 'signet field has an invalid length for its id',
+  SIGNET_FIELD_EMPTY: 'signet field has an empty value',
+  SIGNET_BAD_SIGNING_KEY: 'signet signing key is not a 0x40-prefixed (or bare) 32-byte Ed25519 key',
+  SIGNET_BAD_ENCRYPTION_KEY: 'signet encryption key is not a compressed secp256k1 point',
+  SIGNET_DIALECT_UNKNOWN: 'signet layout matches none of the known dialects',
+  SIGNET_MISSING_FIELD: 'a field required for this operation is absent',
+  SIGNET_INVALID_SIGNATURE: 'a signet signature does not verify',
+  SIGNET_WRONG_KEY: 'the key does not belong to this signet',
+  SIGNET_NOT_SIGNABLE: 'the signet is not in a state that allows this signature',
+  SIGNET_BAD_ARGUMENT: 'invalid argument for a signet operation',
+  // Management records
+  RECORD_SYNTAX: 'management record token is not name=value',
+  RECORD_BAD_VERSION: 'management record version is not 1',
+  RECORD_NO_POK: 'management record has no pok= key',
+  RECORD_BAD_POK: 'pok= is not 43 characters of unpadded base64',
+  RECORD_BAD_TLS: 'tls= is not 86 characters of unpadded base64',
+  RECORD_BAD_POLICY: 'pol= is not experimental, mixed or strict',
+  RECORD_BAD_SUBDOMAIN: 'sub= is not strict, relaxed or explicit',
+  RECORD_BAD_EXPIRY: 'exp= is not a whole number of days',
+  RECORD_BAD_DX: 'dx= is not a host name',
+  RECORD_DUPLICATE: 'a single-valued management record field appears twice',
+  RECORD_TOO_LARGE: 'management record text exceeds the size limit',
+  TLS_BAD_CERTIFICATE: 'certificate is not a PEM or DER X.509 certificate',
+  // Crypto
+  CRYPTO_BAD_KEY: 'key has the wrong length or is not a valid curve point or scalar',
+  CRYPTO_BAD_INPUT: 'input length is not valid for this cipher',
+  CRYPTO_AUTH_FAILED: 'authenticated decryption failed',
+  CRYPTO_NATIVE_UNAVAILABLE: 'the native libsecp256k1 binding could not be loaded',
+  // CLI and I/O
+  USAGE: 'invalid command-line usage',
+  FILE_UNREADABLE: 'file cannot be read',
+  FILE_EXISTS: 'refusing to overwrite an existing file',
+  FILE_WRITE_FAILED: 'file cannot be written',
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class DimeError extends Error {
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, detail?: string, options?: { cause?: unknown }) {
+    super(detail ? `${ERROR_CODES[code]}: ${detail}` : ERROR_CODES[code], options);
+    this.name = 'DimeError';
+    this.code = code;
+  }
+}
+
+export function isDimeError(err: unknown, code?: ErrorCode): err is DimeError {
+  return err instanceof DimeError && (code === undefined || err.code === code);
+}
+
+/** Validate an argument at a public boundary (noble style): name the argument in the error. */
+export function assertBytes(name: string, value: unknown, ...lengths: number[]): asserts value is Uint8Array {
+  if (!(value instanceof Uint8Array)) {
+    throw new DimeError('CRYPTO_BAD_KEY', `${name} must be a Uint8Array`);
+  }
+  if (lengths.length > 0 && !lengths.includes(value.length)) {
+    throw new DimeError('CRYPTO_BAD_KEY', `${name} must be ${lengths.join(' or ')} bytes, got ${value.length}`);
+  }
+}
