@@ -25,6 +25,7 @@ export function registerKeysCommands(program: Command): void {
       const generated = generateKeys(opts.org ? 'org' : 'user', defaultCrypto());
       writeOutputFile(opts.out, armorKeys(generated), { mode: 0o600, force: opts.force });
       process.stdout.write(`${opts.out}: ${generated.type} keys for ${opts.org ?? opts.user}\n`);
+      process.stderr.write(`warning: ${opts.out} holds unencrypted private keys (mode 0600); it is not an HSM: keep it off shared or backed-up disks\n`);
     });
 
   keys

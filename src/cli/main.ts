@@ -1,25 +1,12 @@
-/**
- * `dime`: the sysadmin's command line. Exit status: 0 success, 1 a negative result or bad input
- * (invalid signet, malformed record), 2 usage errors and unreadable files.
- */
+/** `dime`: the sysadmin's command line. Exit statuses are defined in exit.ts. */
 import { Command, CommanderError } from 'commander';
 import { DimeError } from '../errors.js';
+import { EXIT, ExitStatus, exitStatusFor } from './exit.js';
+// Re-exported for commands written before exit.ts existed; import from exit.js (no cycle).
+export { EXIT, ExitStatus, exitStatusFor };
 import { registerKeysCommands } from './keys.js';
 import { registerRecordCommands } from './record.js';
 import { registerSignetCommands } from './signet.js';
-
-export const EXIT = { ok: 0, negative: 1, usage: 2 } as const;
-
-/** Thrown by commands that have already printed their result and only need an exit status. */
-export class ExitStatus extends Error {
-  constructor(readonly status: number) {
-    super(`exit ${status}`);
-  }
-}
-
-export function exitStatusFor(err: DimeError): number {
-  return err.code === 'USAGE' || err.code === 'FILE_UNREADABLE' || err.code === 'FILE_EXISTS' || err.code === 'FILE_WRITE_FAILED' ? EXIT.usage : EXIT.negative;
-}
 
 export function buildProgram(): Command {
   const program = new Command('dime')

@@ -40,11 +40,17 @@ export interface Dearmored {
   data: Uint8Array;
 }
 
+export interface DearmoredUnchecked extends Dearmored {
+  /** Checksum as written in the file, and as computed from the content. */
+  checksum: string;
+  expected: string;
+}
+
 /**
- * Find the first armored block whose tag is one of `tags` and return its verified content.
- * The tag is a hint only: callers decide the object type from the magic number inside.
+ * Find the first armored block whose tag is one of `tags` and return its content without judging
+ * the checksum; `dearmor` is the checked form every normal reader uses.
  */
-export function dearmor(text: string, tags: readonly ArmorTag[]): Dearmored {
+export function dearmorUnchecked(text: string, tags: readonly ArmorTag[]): DearmoredUnchecked {
   if (text.length > MAX_ARMOR_TEXT) throw new DimeError('ARMOR_TOO_LARGE', `${text.length} characters`);
   const lines = text.split('\n');
   let i = 0;
@@ -54,24 +60,30 @@ export function dearmor(text: string, tags: readonly ArmorTag[]): Dearmored {
     tag = tags.find((t) => line === `-----BEGIN ${t}-----`);
   }
   if (!tag) throw new DimeError('ARMOR_NOT_FOUND', `expected one of: ${tags.join(', ')}`);
-  const end = `-----END ${tag}-----`;
+  const end = `-----END${tag.replace(/\s+/g, '')}-----`;
   let body = '';
   let checksum: string | undefined;
   for (; i < lines.length; i++) {
     const line = (lines[i] as string).replace(/\s+/g, '');
-    if (line === end.replace(/\s+/g, '')) {
+    if (line === end) {
       if (checksum === undefined) throw new DimeError('ARMOR_NO_CHECKSUM');
       const data = base64DecodeLenient(body);
-      const expected = base64Encode(crc24Bytes(data));
-      if (checksum !== expected) {
-        throw new DimeError('ARMOR_CRC_MISMATCH', `file says =${checksum}, content gives =${expected}`);
-      }
-      return { tag, data };
+      return { tag, data, checksum, expected: base64Encode(crc24Bytes(data)) };
     }
     if (line.length === 0) continue;
     if (checksum !== undefined) throw new DimeError('ARMOR_TRAILING_DATA');
     if (line.length === 5 && line.startsWith('=')) checksum = line.slice(1);
     else body += line;
   }
-  throw new DimeError('ARMOR_NO_END', end);
+  throw new DimeError('ARMOR_NO_END', `-----END ${tag}-----`);
+}
+
+/**
+ * Find the first armored block whose tag is one of `tags` and return its verified content.
+ * The tag is a hint only: callers decide the object type from the magic number inside.
+ */
+export function dearmor(text: string, tags: readonly ArmorTag[]): Dearmored {
+  const { tag, data, checksum, expected } = dearmorUnchecked(text, tags);
+  if (checksum !== expected) throw new DimeError('ARMOR_CRC_MISMATCH', `file says =${checksum}, content gives =${expected}`);
+  return { tag, data };
 }

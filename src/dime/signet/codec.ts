@@ -64,7 +64,7 @@ export function fieldArea(signet: Signet): Uint8Array {
  * vs bare 32) and the encryption key length prefix (u16 `00 21` vs u8 `21`). Never guesses: a
  * signet that fits no dialect is an error.
  */
-function detectDialect(type: SignetType, area: Uint8Array): SignetDialect {
+export function detectDialect(type: SignetType, area: Uint8Array): SignetDialect {
   let prefixed: boolean | undefined;
   if (area[0] === 1) {
     if (area[1] === ED25519_KEY_LENGTH + 1 && area[2] === SIGNING_KEY_FORMAT) prefixed = true;
