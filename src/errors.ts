@@ -46,6 +46,7 @@ export const ERROR_CODES = {
   RECORD_DUPLICATE: 'a single-valued management record field appears twice',
   RECORD_TOO_LARGE: 'management record text exceeds the size limit',
   TLS_BAD_CERTIFICATE: 'certificate is not a PEM or DER X.509 certificate',
+  RECORD_BAD_SYNDICATES: 'syn= is not printable ASCII',
   // Crypto
   CRYPTO_BAD_KEY: 'key has the wrong length or is not a valid curve point or scalar',
   CRYPTO_BAD_INPUT: 'input length is not valid for this cipher',

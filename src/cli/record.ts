@@ -64,18 +64,19 @@ export function loadCertificate(file: string): Uint8Array {
   return der;
 }
 
-function collect(value: string, previous: string[]): string[] {
-  return [...previous, value];
+/** Repeatable options. No commander default, so help does not print `(default: [])`. */
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
 }
 
 interface GenerateOptions {
   keys: string;
-  pok: string[];
-  dx: string[];
+  pok?: string[];
+  dx?: string[];
   policy?: string;
   subdomain?: string;
   expiry?: string;
-  tlsCert: string[];
+  tlsCert?: string[];
   syndicates?: string;
   zone?: string;
 }
@@ -85,7 +86,7 @@ function recordFromOptions(opts: GenerateOptions): DimeRecord {
   const crypto = defaultCrypto();
   const seed = loadPokSeed(opts.keys);
   const poks = [crypto.ed25519PublicKey(seed)];
-  for (const extra of opts.pok) {
+  for (const extra of opts.pok ?? []) {
     let key: Uint8Array | undefined;
     try {
       key = extra.length === 43 ? base64DecodeStrict(extra) : undefined;
@@ -100,7 +101,8 @@ function recordFromOptions(opts: GenerateOptions): DimeRecord {
   if (!policy) throw new DimeError('USAGE', `--policy must be ${POLICIES.join(', ')}, not ${JSON.stringify(opts.policy)}`);
   const subdomain = opts.subdomain === undefined ? 'strict' : parseSubdomainPolicy(opts.subdomain);
   if (!subdomain) throw new DimeError('USAGE', `--subdomain must be ${SUBDOMAIN_POLICIES.join(', ')}, not ${JSON.stringify(opts.subdomain)}`);
-  for (const host of opts.dx) {
+  const dx = opts.dx ?? [];
+  for (const host of dx) {
     if (!isHostName(host)) throw new DimeError('USAGE', `--dx ${JSON.stringify(host)} is not a host name`);
   }
   let expiryDays: number | undefined;
@@ -113,8 +115,8 @@ function recordFromOptions(opts: GenerateOptions): DimeRecord {
   if (opts.zone !== undefined && !isHostName(opts.zone)) throw new DimeError('USAGE', `--zone ${JSON.stringify(opts.zone)} is not a domain name`);
 
   // Every certificate is pinned by the --keys POK, like genrec's -c after its -k.
-  const tls = opts.tlsCert.map((file) => signTlsPin(seed, loadCertificate(file), crypto));
-  const record: DimeRecord = { version: 1, poks, tls, policy, subdomain, dx: opts.dx };
+  const tls = (opts.tlsCert ?? []).map((file) => signTlsPin(seed, loadCertificate(file), crypto));
+  const record: DimeRecord = { version: 1, poks, tls, policy, subdomain, dx };
   if (expiryDays !== undefined) record.expiryDays = expiryDays;
   if (opts.syndicates !== undefined) record.syndicates = opts.syndicates;
   return record;
@@ -205,12 +207,12 @@ export function registerRecordCommands(program: Command): void {
     .command('generate')
     .description('print the _dx TXT record value for an organisation (split into quoted strings when over 255 characters)')
     .requiredOption('--keys <file>', 'organisation keys file, or an ED25519 PRIVATE KEY file as genrec -k takes')
-    .option('--pok <base64>', 'another POK to publish alongside (key rotation); repeatable', collect, [])
-    .option('--dx <host>', 'DX host, tried in the order given; repeatable (none: peers use the MX hosts)', collect, [])
+    .option('--pok <base64>', 'another POK to publish alongside (key rotation); repeatable', collect)
+    .option('--dx <host>', 'DX host, tried in the order given; repeatable (none: peers use the MX hosts)', collect)
     .option('--policy <policy>', `message policy: ${POLICIES.join(' | ')} (default experimental)`)
     .option('--subdomain <policy>', `subdomain policy: ${SUBDOMAIN_POLICIES.join(' | ')} (default strict)`)
     .option('--expiry <days>', 'exp=: days a peer may cache the record')
-    .option('--tls-cert <file>', 'PEM or DER certificate of a DMTP server to pin with tls=; repeatable', collect, [])
+    .option('--tls-cert <file>', 'PEM or DER certificate of a DMTP server to pin with tls=; repeatable', collect)
     .option('--syndicates <value>', 'syn= value (published verbatim; no software reads it yet)')
     .option('--zone <domain>', 'also print a zone-file line for _dx.<domain>')
     .action((opts: GenerateOptions) => generate(opts));

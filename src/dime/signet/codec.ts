@@ -190,33 +190,70 @@ function encodeField(type: SignetType, dialect: SignetDialect, field: SignetFiel
   return concatBytes(Uint8Array.of(field.id), uintBytes(field.value.length, width), field.value);
 }
 
-/** Serialize fields (which must already be in order) into a signet. */
-export function encodeSignet(type: SignetType, dialect: SignetDialect, fields: readonly SignetField[]): Signet {
-  const parts: Uint8Array[] = [];
-  const ends: number[] = [];
-  let at = 0;
-  let previous = -1;
-  for (const field of fields) {
-    const spec = fieldSpec(type, field.id);
-    if (spec && (field.id < previous || (field.id === previous && spec.unique))) {
+/**
+ * Append-only signet encoder: each field is serialized once, in order, so builders can sign the
+ * bytes so far after every step without re-encoding the whole signet.
+ */
+export class SignetWriter {
+  private readonly fields: SignetField[] = [];
+  private readonly parts: Uint8Array[] = [];
+  private length = 0;
+
+  constructor(
+    readonly type: SignetType,
+    readonly dialect: SignetDialect,
+  ) {}
+
+  /** Start from a signet's fields (e.g. an SSR becoming a user signet: only the magic changes). */
+  static from(signet: Signet, type: SignetType = signet.type): SignetWriter {
+    const w = new SignetWriter(type, signet.dialect);
+    for (const f of signet.fields) w.add(f);
+    return w;
+  }
+
+  get lastId(): number {
+    return this.fields.length > 0 ? (this.fields[this.fields.length - 1] as SignetField).id : -1;
+  }
+
+  add(field: SignetField): this {
+    const previous = this.lastId;
+    if (field.id < previous || (field.id === previous && fieldSpec(this.type, field.id)?.unique)) {
       throw new DimeError('SIGNET_FIELD_ORDER', `field ${field.id} after field ${previous}`);
     }
-    const encoded = encodeField(type, dialect, field);
-    parts.push(encoded);
-    at += encoded.length;
-    ends.push(at);
-    previous = field.id;
+    const encoded = encodeField(this.type, this.dialect, field);
+    if (this.length + encoded.length > MAX_U24_OBJECT) throw new DimeError('OBJECT_TOO_LARGE', `more than ${MAX_U24_OBJECT} bytes of fields`);
+    this.parts.push(encoded);
+    this.fields.push(field);
+    this.length += encoded.length;
+    return this;
   }
-  if (at > MAX_U24_OBJECT) throw new DimeError('OBJECT_TOO_LARGE', `${at} bytes of fields, the maximum is ${MAX_U24_OBJECT}`);
-  const bytes = concatBytes(uintBytes(MAGIC_BY_TYPE[type], 2), uintBytes(at, 3), ...parts);
-  const area = bytes.subarray(SIGNET_HEADER_LENGTH);
-  // Rebuild the field views over the final buffer so every Signet shares one representation.
-  const own = fields.map((fl, i) => {
-    const end = ends[i] as number;
-    const value = area.subarray(end - fl.value.length, end);
-    return fl.name ? { id: fl.id, name: Uint8Array.from(fl.name), value } : { id: fl.id, value };
-  });
-  return { type, dialect, fields: own, bytes, ends };
+
+  /** The serialized fields so far: what a signature added now covers. */
+  encodedFields(): Uint8Array {
+    return concatBytes(...this.parts);
+  }
+
+  finish(): Signet {
+    const bytes = concatBytes(uintBytes(MAGIC_BY_TYPE[this.type], 2), uintBytes(this.length, 3), ...this.parts);
+    const area = bytes.subarray(SIGNET_HEADER_LENGTH);
+    const ends: number[] = [];
+    let at = 0;
+    // Field views over the final buffer, so every Signet shares one representation.
+    const fields = this.fields.map((fl, i) => {
+      at += (this.parts[i] as Uint8Array).length;
+      ends.push(at);
+      const value = area.subarray(at - fl.value.length, at);
+      return fl.name ? { id: fl.id, name: area.subarray(at - fl.value.length - fl.name.length - lengthWidth(fieldSpec(this.type, fl.id)!, this.dialect), at - fl.value.length - lengthWidth(fieldSpec(this.type, fl.id)!, this.dialect)), value } : { id: fl.id, value };
+    });
+    return { type: this.type, dialect: this.dialect, fields, bytes, ends };
+  }
+}
+
+/** Serialize fields (which must already be in order) into a signet. */
+export function encodeSignet(type: SignetType, dialect: SignetDialect, fields: readonly SignetField[]): Signet {
+  const w = new SignetWriter(type, dialect);
+  for (const f of fields) w.add(f);
+  return w.finish();
 }
 
 /** Bytes of every field with id ≤ `lastId` (the prefix that signatures and fingerprints cover). */

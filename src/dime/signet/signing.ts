@@ -7,7 +7,7 @@ import type { CryptoBackend, Signer } from '../../crypto/backend.js';
 import { DimeError } from '../../errors.js';
 import { bytesEqual, utf8 } from '../bytes.js';
 import { signingKeyOf, storedSigningKey } from './access.js';
-import { encodeSignet, fieldsThrough, getField, type Signet, type SignetField } from './codec.js';
+import { SignetWriter, encodeSignet, fieldsThrough, getField, type Signet, type SignetField } from './codec.js';
 import {
   CRYPTO_SIGNATURE_FIELD,
   CUSTODY_FIELD,
@@ -65,8 +65,9 @@ export async function signField(signet: Signet, sigId: number, signer: Signer): 
   return encodeSignet(signet.type, signet.dialect, fields);
 }
 
-function withFields(signet: Signet, extra: readonly SignetField[], type: SignetType = signet.type): Signet {
-  return encodeSignet(type, signet.dialect, [...signet.fields, ...extra]);
+/** Sign everything written so far and append the signature: how the builders add each signature. */
+async function appendSignature(w: SignetWriter, sigId: number, signer: Signer): Promise<void> {
+  w.add({ id: sigId, value: await signer.sign(w.encodedFields()) });
 }
 
 export interface OrgSignetOptions {
@@ -93,18 +94,23 @@ export async function createOrgSignet(o: OrgSignetOptions): Promise<Signet> {
     fields.push({ id: 2, value });
   }
   fields.push({ id: ENCRYPTION_KEY_FIELD.org, value: o.encryptionKey });
-  let signet = await signField(encodeSignet('org', 'libdime', fields), CRYPTO_SIGNATURE_FIELD.org, o.signer);
-  if (o.cryptoOnly) return signet;
-  return finishSignet(withFields(signet, infoFields('org', o.info)), o.signer, o.domain);
+  const w = new SignetWriter('org', 'libdime');
+  for (const f of fields) w.add(f);
+  await appendSignature(w, CRYPTO_SIGNATURE_FIELD.org, o.signer);
+  if (o.cryptoOnly) return w.finish();
+  return finishSignet(w, infoFields('org', o.info), o.signer, o.domain);
 }
 
-/** Full signature, then (with an identifier) field 254 and the ID signature: the tail both types share. */
-async function finishSignet(signet: Signet, signer: Signer, identifier: string | undefined): Promise<Signet> {
-  signet = await signField(signet, FULL_SIGNATURE_FIELD, signer);
-  if (identifier === undefined) return signet;
-  if (identifier.length === 0) throw new DimeError('SIGNET_BAD_ARGUMENT', 'the identifier must not be empty');
-  signet = withFields(signet, [{ id: IDENTIFIER_FIELD, value: utf8.encode(identifier) }]);
-  return signField(signet, ID_SIGNATURE_FIELD, signer);
+/** Informational fields, the full signature, then (with an identifier) field 254 and the ID signature: the tail both types share. */
+async function finishSignet(w: SignetWriter, info: SignetField[], signer: Signer, identifier: string | undefined): Promise<Signet> {
+  if (identifier !== undefined && identifier.length === 0) throw new DimeError('SIGNET_BAD_ARGUMENT', 'the identifier must not be empty');
+  for (const f of info) w.add(f);
+  await appendSignature(w, FULL_SIGNATURE_FIELD, signer);
+  if (identifier !== undefined) {
+    w.add({ id: IDENTIFIER_FIELD, value: utf8.encode(identifier) });
+    await appendSignature(w, ID_SIGNATURE_FIELD, signer);
+  }
+  return w.finish();
 }
 
 export interface SigningRequestOptions {
@@ -116,12 +122,12 @@ export interface SigningRequestOptions {
 }
 
 export async function createSigningRequest(o: SigningRequestOptions): Promise<Signet> {
-  let ssr = encodeSignet('ssr', 'libdime', [
-    { id: 1, value: storedSigningKey(o.signer.publicKey) },
-    { id: ENCRYPTION_KEY_FIELD.ssr, value: o.encryptionKey },
-  ]);
-  if (o.previousSigner) ssr = await signField(ssr, CUSTODY_FIELD, o.previousSigner);
-  return signField(ssr, SSR_SIGNATURE_FIELD, o.signer);
+  const w = new SignetWriter('ssr', 'libdime')
+    .add({ id: 1, value: storedSigningKey(o.signer.publicKey) })
+    .add({ id: ENCRYPTION_KEY_FIELD.ssr, value: o.encryptionKey });
+  if (o.previousSigner) await appendSignature(w, CUSTODY_FIELD, o.previousSigner);
+  await appendSignature(w, SSR_SIGNATURE_FIELD, o.signer);
+  return w.finish();
 }
 
 export interface SignUserOptions {
@@ -149,10 +155,10 @@ export async function signUserSignet(crypto: CryptoBackend, ssr: Signet, o: Sign
     throw new DimeError('SIGNET_NOT_SIGNABLE', `the signing request is ${check.state}${check.reason ? ` (${check.reason})` : ''}`);
   }
   // Only the magic changes from SSR to user signet, so the user's signatures stay valid.
-  let signet = withFields(ssr, [], 'user');
-  signet = await signField(signet, CRYPTO_SIGNATURE_FIELD.user, o.orgSigner);
-  if (o.cryptoOnly) return signet;
-  return finishSignet(withFields(signet, infoFields('user', o.info)), o.orgSigner, o.address);
+  const w = SignetWriter.from(ssr, 'user');
+  await appendSignature(w, CRYPTO_SIGNATURE_FIELD.user, o.orgSigner);
+  if (o.cryptoOnly) return w.finish();
+  return finishSignet(w, infoFields('user', o.info), o.orgSigner, o.address);
 }
 
 /** Check that a keys file's public halves are the ones in a signet (keys ↔ signet pairing). */
