@@ -2,8 +2,9 @@
  * Signet binary codec (dime-formats.md §3.2–3.4): `magic:u16 ‖ length:u24 ‖ fields`, pure.
  *
  * The encoding is canonical (the prefix width of every field follows from its id and the dialect),
- * so a decoded signet re-encodes to the same bytes and signatures can be checked over slices of
- * the original buffer without copying.
+ * so signatures are checked over slices of the original buffer without copying, and a decoded
+ * signet re-encodes to the same bytes, except that the builders refuse the empty values (and empty
+ * undefined-field names) that the decoder, like libdime and PRIME, accepts.
  */
 import { DimeError } from '../../errors.js';
 import { concatBytes, readUint, uintBytes } from '../bytes.js';

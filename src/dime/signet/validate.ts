@@ -6,7 +6,8 @@
  * Deliberate differences from libdime, each safer and documented in docs/signets.md:
  *  - an SSR's chain-of-custody signature (field 4) is checked against the previous key; libdime
  *    checks field 5 there (§9.4) and so refuses every rotation SSR;
- *  - a user signet's own signature (field 5) is verified too, not only the organisation's.
+ *  - a user signet's own signature (field 5) is verified too, not only the organisation's;
+ *  - fields after the closing signature of a level make the signet incomplete (structuralState).
  */
 import { bytesEqual } from '../bytes.js';
 import { base64EncodeNoPad } from '../base64.js';
@@ -54,18 +55,26 @@ function requiredBelow(signet: Signet, fid: number): boolean {
   return fieldSpecs(signet.type).every((s) => !s.required || s.id >= fid || hasField(signet, s.id));
 }
 
-/** The level the signet's fields claim, before any signature is checked. */
+/**
+ * The level the signet's fields claim, before any signature is checked. Stricter than libdime in one
+ * respect: fields after the closing signature of the level (an unsigned field 254 behind a full
+ * signature, informational fields behind a crypto signature) make the signet incomplete, because
+ * nobody vouches for them and anyone on the path could have appended them. No libdime tool writes
+ * such a signet; its split forms end exactly at a signature.
+ */
 export function structuralState(signet: Signet): SignetState {
-  if (signet.type === 'ssr') {
-    return hasField(signet, SSR_SIGNATURE_FIELD) && requiredBelow(signet, SSR_SIGNATURE_FIELD) ? 'ssr' : 'incomplete';
-  }
-  const levels: [number, SignetState][] = [
-    [ID_SIGNATURE_FIELD, 'id'],
-    [FULL_SIGNATURE_FIELD, 'full'],
-    [CRYPTO_SIGNATURE_FIELD[signet.type], 'crypto'],
-  ];
+  const levels: [number, SignetState][] =
+    signet.type === 'ssr'
+      ? [[SSR_SIGNATURE_FIELD, 'ssr']]
+      : [
+          [ID_SIGNATURE_FIELD, 'id'],
+          [FULL_SIGNATURE_FIELD, 'full'],
+          [CRYPTO_SIGNATURE_FIELD[signet.type], 'crypto'],
+        ];
   for (const [fid, state] of levels) {
-    if (hasField(signet, fid)) return requiredBelow(signet, fid) ? state : 'incomplete';
+    if (!hasField(signet, fid)) continue;
+    const unsignedTail = signet.fields.some((f) => f.id > fid);
+    return requiredBelow(signet, fid) && !unsignedTail ? state : 'incomplete';
   }
   return 'incomplete';
 }
