@@ -18,7 +18,15 @@ export interface CryptoBackend {
 
   ed25519PublicKey(seed: Uint8Array): Uint8Array;
   ed25519Sign(seed: Uint8Array, message: Uint8Array): Uint8Array;
-  /** RFC 8032 verification (canonical S, no ZIP-215 leniency); false for malformed keys or signatures. */
+  /**
+   * RFC 8032 verification: canonical S < L, strict decoding of the public key (y < p, no x = 0 with
+   * the sign bit) and small-order public keys refused (with one, forging is trivial). False for
+   * malformed keys or signatures. Both backends agree on every signature an RFC 8032 signer can
+   * make; they differ only on signatures crafted with a small-order component in R (or in a
+   * mixed-order key), which only the key's holder can produce: node:crypto (OpenSSL) checks the
+   * cofactorless equation and refuses them, @noble checks the cofactored one and accepts them.
+   * We use each library's own verification rather than write the equation by hand.
+   */
   ed25519Verify(publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean;
   /** A signer that keeps the imported key for repeated use (organisation keys, benchmarks). */
   ed25519Signer(seed: Uint8Array): Signer;

@@ -21,6 +21,18 @@ function isScalar(key: Uint8Array): boolean {
   return key instanceof Uint8Array && key.length === 32 && secp256k1.utils.isValidSecretKey(key);
 }
 
+/**
+ * The key policy of backend.ts, through noble's own point decoding: a non-canonical encoding
+ * (y ≥ p, x = 0 with the sign bit) throws, and the eight small-order points are refused.
+ */
+function isAcceptableEd25519PublicKey(publicKey: Uint8Array): boolean {
+  try {
+    return !ed25519.Point.fromBytes(publicKey, false).isSmallOrder();
+  } catch {
+    return false;
+  }
+}
+
 export function createNobleBackend(): CryptoBackend {
   const sign = (seed: Uint8Array, message: Uint8Array): Uint8Array => {
     checkSeed(seed);
@@ -37,8 +49,8 @@ export function createNobleBackend(): CryptoBackend {
     ed25519Sign: sign,
     ed25519Verify(publicKey, message, signature) {
       if (publicKey.length !== 32 || signature.length !== 64) return false;
+      if (!isAcceptableEd25519PublicKey(publicKey)) return false;
       try {
-        // zip215: false gives RFC 8032 / OpenSSL semantics, so both backends agree on every input.
         return ed25519.verify(signature, message, publicKey, { zip215: false });
       } catch {
         return false;

@@ -14,6 +14,37 @@ import { createNobleBackend } from './noble.js';
 /** PKCS#8 wrapping of a raw Ed25519 seed (RFC 8410): the only raw-seed import OpenSSL offers. */
 const ED25519_PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
 
+/**
+ * Ed25519 public-key encodings that OpenSSL verifies against but the node and noble backends both
+ * refuse (backend.ts): the 8 points of small order (any key among them makes forged signatures
+ * easy: with A = identity, every (R = [s]B, s) verifies) and the two "negative zero" encodings
+ * (x = 0 with the sign bit set) of the identity and of the order-2 point.
+ */
+const ED25519_WEAK_PUBLIC_KEYS = new Set([
+  '0100000000000000000000000000000000000000000000000000000000000000',
+  'c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a',
+  '0000000000000000000000000000000000000000000000000000000000000080',
+  '26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05',
+  'ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+  '26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85',
+  '0000000000000000000000000000000000000000000000000000000000000000',
+  'c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa',
+  '0100000000000000000000000000000000000000000000000000000000000080',
+  'ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff',
+]);
+
+/**
+ * RFC 8032 §5.1.3 decoding rules that OpenSSL skips (it reduces y mod p and ignores a sign bit on
+ * x = 0), plus the small-order refusal; the curve equation itself is left to OpenSSL.
+ */
+function isAcceptableEd25519PublicKey(pub: Uint8Array): boolean {
+  // y ≥ p = 2^255 − 19 ⇔ (little-endian, sign bit masked) ed ff … ff 7f or above.
+  let yAtLeastP = pub[0]! >= 0xed && (pub[31]! & 0x7f) === 0x7f;
+  for (let i = 1; yAtLeastP && i < 31; i++) if (pub[i] !== 0xff) yAtLeastP = false;
+  if (yAtLeastP) return false;
+  return !ED25519_WEAK_PUBLIC_KEYS.has(Buffer.from(pub.buffer, pub.byteOffset, pub.length).toString('hex'));
+}
+
 /** Verification keys are imported once and reused; bounded so hostile input cannot grow it. */
 const PUBLIC_KEY_CACHE_SIZE = 1024;
 
@@ -74,7 +105,7 @@ export function createNodeBackend(options: NodeBackendOptions = {}): CryptoBacke
     let key = publicKeys.get(id);
     if (key === undefined) {
       try {
-        key = crypto.createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: id }, format: 'jwk' });
+        key = isAcceptableEd25519PublicKey(pub) ? crypto.createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: id }, format: 'jwk' }) : null;
       } catch {
         key = null; // not a point on the curve: every signature under it is invalid
       }
