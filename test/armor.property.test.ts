@@ -12,27 +12,12 @@ import { ARMOR_TAGS, MAX_ARMOR_TEXT, armor, dearmor, type ArmorTag } from '../sr
 import { base64DecodeLenient, base64DecodeStrict, base64Encode, base64EncodeNoPad } from '../src/dime/base64.js';
 import { toHex } from '../src/dime/bytes.js';
 import { crc24, crc24Bytes } from '../src/dime/crc24.js';
-import { DimeError, ERROR_CODES, type ErrorCode } from '../src/errors.js';
 import { vectorJson, vectorPath, vectorText } from './helpers/vectors.js';
+import { attempt, expectCode } from './helpers/typed-errors.js';
 
 const hex = toHex;
 const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
 const ALL_TAGS = Object.values(ARMOR_TAGS) as ArmorTag[];
-
-function attempt<T>(fn: () => T): { ok: true; value: T } | { ok: false; code: ErrorCode } {
-  try {
-    return { ok: true, value: fn() };
-  } catch (err) {
-    assert.ok(err instanceof DimeError, `expected a DimeError, got ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`);
-    assert.ok(Object.hasOwn(ERROR_CODES, err.code), `unregistered error code ${String(err.code)}`);
-    return { ok: false, code: err.code };
-  }
-}
-
-function expectCode(fn: () => unknown, code: ErrorCode, what: string): void {
-  const r = attempt(fn);
-  assert.equal(r.ok ? 'accepted' : r.code, code, what);
-}
 
 /** Reference base64 encoder (RFC 4648 §4), independent of Buffer. */
 function refEncode(bytes: Uint8Array): string {

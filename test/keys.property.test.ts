@@ -13,35 +13,12 @@ import { concatBytes, fromHex, toHex } from '../src/dime/bytes.js';
 import { armorKeys, dearmorKeys, decodeKeys, encodeKeys, generateKeys, type DimeKeys, type KeysDialect, type KeysType } from '../src/dime/keys.js';
 import { MAGIC } from '../src/dime/magic.js';
 import { dearmorSignet, encryptionKeyOf, keysMatchSignet, signingKeyOf } from '../src/dime/signet/index.js';
-import { DimeError, ERROR_CODES, type ErrorCode } from '../src/errors.js';
+import { type ErrorCode } from '../src/errors.js';
 import { vectorText } from './helpers/vectors.js';
+import { attempt, expectCode, withFixedHeader } from './helpers/typed-errors.js';
 
 const crypto = defaultCrypto();
 const hex = toHex;
-
-function attempt<T>(fn: () => T): { ok: true; value: T } | { ok: false; code: ErrorCode } {
-  try {
-    return { ok: true, value: fn() };
-  } catch (err) {
-    assert.ok(err instanceof DimeError, `expected a DimeError, got ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`);
-    assert.ok(Object.hasOwn(ERROR_CODES, err.code), `unregistered error code ${String(err.code)}`);
-    return { ok: false, code: err.code };
-  }
-}
-
-function expectCode(fn: () => unknown, code: ErrorCode, what: string): void {
-  const r = attempt(fn);
-  assert.equal(r.ok ? 'decoded' : r.code, code, what);
-}
-
-function withFixedHeader(bytes: Uint8Array): Uint8Array {
-  const out = Uint8Array.from(bytes);
-  const n = out.length - 5;
-  out[2] = (n >> 16) & 0xff;
-  out[3] = (n >> 8) & 0xff;
-  out[4] = n & 0xff;
-  return out;
-}
 
 const keysArb: fc.Arbitrary<DimeKeys> = fc.record({
   type: fc.constantFrom<KeysType>('org', 'user'),

@@ -46,8 +46,8 @@ import {
   type SignetType,
   type ValidationContext,
 } from '../src/dime/signet/index.js';
-import { DimeError, ERROR_CODES, type ErrorCode } from '../src/errors.js';
 import { vectorBytes, vectorText } from './helpers/vectors.js';
+import { attempt, expectCode, withFixedHeader } from './helpers/typed-errors.js';
 
 const crypto = defaultCrypto();
 
@@ -64,35 +64,6 @@ const cat = (...parts: readonly (Uint8Array | readonly number[])[]): Uint8Array 
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0;
-}
-
-/** Run `fn`; a throw must be a DimeError with a registered code. */
-function attempt<T>(fn: () => T): { ok: true; value: T } | { ok: false; code: ErrorCode } {
-  try {
-    return { ok: true, value: fn() };
-  } catch (err) {
-    assert.ok(err instanceof DimeError, `expected a DimeError, got ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`);
-    assert.equal(typeof err.code, 'string');
-    assert.ok(Object.hasOwn(ERROR_CODES, err.code), `unregistered error code ${err.code}`);
-    return { ok: false, code: err.code };
-  }
-}
-
-function expectCode(fn: () => unknown, code: ErrorCode, what: string): void {
-  const r = attempt(fn);
-  assert.equal(r.ok ? 'decoded' : r.code, code, what);
-}
-
-/** Set the u24 header length to the real field-area length (what an attacker keeping the object consistent does). */
-function withFixedHeader(bytes: Uint8Array): Uint8Array {
-  const out = Uint8Array.from(bytes);
-  if (out.length >= 5) {
-    const n = out.length - 5;
-    out[2] = (n >> 16) & 0xff;
-    out[3] = (n >> 8) & 0xff;
-    out[4] = n & 0xff;
-  }
-  return out;
 }
 
 function headerLength(bytes: Uint8Array): number {
