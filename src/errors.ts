@@ -47,6 +47,9 @@ export const ERROR_CODES = {
   RECORD_TOO_LARGE: 'management record text exceeds the size limit',
   TLS_BAD_CERTIFICATE: 'certificate is not a PEM or DER X.509 certificate',
   RECORD_BAD_SYNDICATES: 'syn= is not printable ASCII',
+  // DMIME messages
+  MESSAGE_BAD_HEADERS: 'common headers chunk is not libdime\'s Label: value CRLF form',
+  MESSAGE_BAD_ENVELOPE: 'envelope chunk is not the exact libdime line sequence',
   // Crypto
   CRYPTO_BAD_KEY: 'key has the wrong length or is not a valid curve point or scalar',
   CRYPTO_BAD_INPUT: 'input length is not valid for this cipher',
