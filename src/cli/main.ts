@@ -5,6 +5,7 @@ import { EXIT, ExitStatus, exitStatusFor } from './exit.js';
 // Re-exported for commands written before exit.ts existed; import from exit.js (no cycle).
 export { EXIT, ExitStatus, exitStatusFor };
 import { registerKeysCommands } from './keys.js';
+import { registerMessageCommands } from './message.js';
 import { registerRecordCommands } from './record.js';
 import { registerSignetCommands } from './signet.js';
 
@@ -16,6 +17,7 @@ export function buildProgram(): Command {
   registerKeysCommands(program);
   registerSignetCommands(program);
   registerRecordCommands(program);
+  registerMessageCommands(program);
   return program;
 }
 
