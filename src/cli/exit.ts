@@ -10,6 +10,9 @@ export class ExitStatus extends Error {
   }
 }
 
+/** Errors about how the command was called or its files, as opposed to verdicts about the input's content. */
+const USAGE_CODES: ReadonlySet<string> = new Set(['USAGE', 'FILE_UNREADABLE', 'FILE_EXISTS', 'FILE_WRITE_FAILED', 'MESSAGE_BAD_ARGUMENT']);
+
 export function exitStatusFor(err: DimeError): number {
-  return err.code === 'USAGE' || err.code === 'FILE_UNREADABLE' || err.code === 'FILE_EXISTS' || err.code === 'FILE_WRITE_FAILED' ? EXIT.usage : EXIT.negative;
+  return USAGE_CODES.has(err.code) ? EXIT.usage : EXIT.negative;
 }

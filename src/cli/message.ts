@@ -15,7 +15,7 @@ import {
 } from '../dime/message/index.js';
 import { identifierOf, type Signet } from '../dime/signet/index.js';
 import { DimeError, isDimeError } from '../errors.js';
-import { EXIT, ExitStatus } from './exit.js';
+import { ExitStatus, exitStatusFor } from './exit.js';
 import { readInputFile, writeOutputFile } from './io.js';
 import { loadKeysFile } from './keys.js';
 import { loadSignetFile } from './signet.js';
@@ -194,11 +194,11 @@ export function registerMessageCommands(program: Command): void {
     try {
       view = await openMessage(crypto, bytes, { actor, keys: localActorKeys(crypto, keys.encryptionKey), signets });
     } catch (err) {
-      if (!isDimeError(err) || err.code === 'MESSAGE_BAD_ARGUMENT') throw err;
-      // A verdict about the message, not about how we were called: report it, exit 1.
+      if (!isDimeError(err)) throw err;
+      // Nothing the actor may not read is shown on failure, not even the envelope.
       if (opts.json) process.stdout.write(JSON.stringify({ ok: false, actor, error: { code: err.code, message: err.message }, envelope: {} }) + '\n');
-      else process.stderr.write(`dime: ${err.message} [${err.code}]\n`);
-      throw new ExitStatus(EXIT.negative);
+      process.stderr.write(`dime: ${err.message} [${err.code}]\n`);
+      throw new ExitStatus(exitStatusFor(err));
     }
     process.stdout.write(opts.json ? JSON.stringify(viewJson(view)) + '\n' : viewText(view));
   });
