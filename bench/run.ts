@@ -11,6 +11,8 @@
  * Output: the machine line, one markdown table per group, then every ratio against its baseline.
  * See docs/benchmarks.md for what the figures mean and the recorded results.
  */
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import {
   DEFAULT_MIN_TIME_MS,
   DEFAULT_ROUNDS,
@@ -28,6 +30,7 @@ import {
 // Bench modules register themselves in `benches` when imported; the order here is the run order.
 import './crypto.js';
 import './signet.js';
+import './message.js';
 // Add further bench modules below, one import line each.
 
 interface Args {
@@ -87,13 +90,22 @@ async function main(): Promise<void> {
       console.log('');
     }
   }
-  if (done.length === 0) {
+  const memory = !args.filter || 'message/memory'.includes(args.filter.toLowerCase());
+  if (done.length === 0 && !memory) {
     console.error(`nothing matches --filter "${args.filter}" (suites: ${benches.map((s) => s.name).join(', ')})`);
     process.exit(1);
   }
-  console.log('### Ratios against the baseline of each group (same run)');
-  console.log('');
-  console.log(formatRatios(done));
+  if (done.length > 0) {
+    console.log('### Ratios against the baseline of each group (same run)');
+    console.log('');
+    console.log(formatRatios(done));
+  }
+  if (memory) {
+    // Peak memory needs a fresh process: the runs above leave garbage behind.
+    console.log('\n### Memory\n');
+    const r = spawnSync(process.execPath, ['--expose-gc', fileURLToPath(new URL('./seal-memory.js', import.meta.url))], { encoding: 'utf8' });
+    console.log((r.stdout + r.stderr).trim());
+  }
 }
 
 await main();
