@@ -88,6 +88,7 @@ export const ERROR_CODES = {
   FILE_UNREADABLE: 'file cannot be read',
   FILE_EXISTS: 'refusing to overwrite an existing file',
   FILE_WRITE_FAILED: 'file cannot be written',
+  CONFIG_INVALID: 'the configuration file has an error',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -4,6 +4,7 @@ import { DimeError } from '../errors.js';
 import { EXIT, ExitStatus, exitStatusFor } from './exit.js';
 // Re-exported for commands written before exit.ts existed; import from exit.js (no cycle).
 export { EXIT, ExitStatus, exitStatusFor };
+import { registerConfigCommands } from './config.js';
 import { registerKeysCommands } from './keys.js';
 import { registerMessageCommands } from './message.js';
 import { registerRecordCommands } from './record.js';
@@ -18,6 +19,7 @@ export function buildProgram(): Command {
   registerSignetCommands(program);
   registerRecordCommands(program);
   registerMessageCommands(program);
+  registerConfigCommands(program);
   return program;
 }
 
