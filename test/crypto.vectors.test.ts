@@ -487,3 +487,20 @@ for (const { label, impl, make } of BACKENDS) {
     });
   });
 }
+
+describe('aes256CbcEncryptInto', () => {
+  for (const backend of [createNodeBackend(), createNobleBackend()]) {
+    it(`${backend.name}: equals aes256CbcEncrypt at an offset, across slice boundaries, and refuses a short buffer`, () => {
+      const key = backend.randomBytes(32);
+      const iv = backend.randomBytes(16);
+      for (const size of [16, 4096, 1024 * 1024 + 48, 3 * 1024 * 1024]) {
+        const data = backend.randomBytes(size);
+        const out = new Uint8Array(size + 10).fill(0xee);
+        backend.aes256CbcEncryptInto(key, iv, data, out, 7);
+        assert.deepEqual(out.subarray(7, 7 + size), backend.aes256CbcEncrypt(key, iv, data), `${size}`);
+        assert.deepEqual([...out.subarray(0, 7), ...out.subarray(7 + size)], new Array(10).fill(0xee));
+      }
+      assert.throws(() => backend.aes256CbcEncryptInto(key, iv, new Uint8Array(32), new Uint8Array(40), 16), (e: unknown) => isDimeError(e, 'CRYPTO_BAD_INPUT'));
+    });
+  }
+});

@@ -45,6 +45,11 @@ export interface CryptoBackend {
   /** AES-256-CBC without padding (DIME pads its own plaintexts to whole blocks). */
   aes256CbcEncrypt(key: Uint8Array, iv: Uint8Array, data: Uint8Array): Uint8Array;
   aes256CbcDecrypt(key: Uint8Array, iv: Uint8Array, data: Uint8Array): Uint8Array;
+  /**
+   * AES-256-CBC without padding, written into `out` at `offset` (which must have room): large
+   * payloads are encrypted into the message buffer in place instead of through a transient copy.
+   */
+  aes256CbcEncryptInto(key: Uint8Array, iv: Uint8Array, data: Uint8Array, out: Uint8Array, offset: number): void;
   /** AES-256-GCM, any IV length ≥ 12 (PRIME uses 16), 16-byte tag, optional AAD. */
   aes256GcmEncrypt(key: Uint8Array, iv: Uint8Array, data: Uint8Array, aad?: Uint8Array): { ciphertext: Uint8Array; tag: Uint8Array };
   aes256GcmDecrypt(key: Uint8Array, iv: Uint8Array, ciphertext: Uint8Array, tag: Uint8Array, aad?: Uint8Array): Uint8Array;

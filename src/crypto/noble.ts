@@ -33,6 +33,9 @@ function isAcceptableEd25519PublicKey(publicKey: Uint8Array): boolean {
   }
 }
 
+/** WebCrypto's getRandomValues limit per call. */
+const RANDOM_CHUNK = 65_536;
+
 export function createNobleBackend(): CryptoBackend {
   const sign = (seed: Uint8Array, message: Uint8Array): Uint8Array => {
     checkSeed(seed);
@@ -88,6 +91,12 @@ export function createNobleBackend(): CryptoBackend {
       checkBlocks(data);
       return cbc(key, iv, { disablePadding: true }).decrypt(data);
     },
+    aes256CbcEncryptInto(key, iv, data, out, offset) {
+      checkAesKey(key, iv, [16]);
+      checkBlocks(data);
+      if (offset < 0 || offset + data.length > out.length) throw new DimeError('CRYPTO_BAD_INPUT', 'output buffer too small');
+      out.set(cbc(key, iv, { disablePadding: true }).encrypt(data), offset);
+    },
     aes256GcmEncrypt(key, iv, data, aad) {
       checkGcm(key, iv);
       const sealed = gcm(key, iv, aad).encrypt(data);
@@ -106,6 +115,11 @@ export function createNobleBackend(): CryptoBackend {
       }
     },
 
-    randomBytes: (length) => randomBytes(length),
+    randomBytes(length) {
+      // getRandomValues, under noble's randomBytes, refuses more than 64 KiB per call.
+      const out = new Uint8Array(length);
+      for (let at = 0; at < length; at += RANDOM_CHUNK) out.set(randomBytes(Math.min(RANDOM_CHUNK, length - at)), at);
+      return out;
+    },
   };
 }

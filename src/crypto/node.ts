@@ -45,6 +45,14 @@ function isAcceptableEd25519PublicKey(pub: Uint8Array): boolean {
   return !ED25519_WEAK_PUBLIC_KEYS.has(Buffer.from(pub.buffer, pub.byteOffset, pub.length).toString('hex'));
 }
 
+/** Slice size for in-place encryption: a multiple of the block size, small next to a large part. */
+const CBC_SLICE = 1024 * 1024;
+
+/** Without padding final() is empty: skip the concatenation, which would copy a large output again. */
+function withoutEmptyFinal(main: Buffer, final: Buffer): Buffer {
+  return final.length === 0 ? main : Buffer.concat([main, final]);
+}
+
 /** Verification keys are imported once and reused; bounded so hostile input cannot grow it. */
 const PUBLIC_KEY_CACHE_SIZE = 1024;
 
@@ -152,13 +160,22 @@ export function createNodeBackend(options: NodeBackendOptions = {}): CryptoBacke
       checkAesKey(key, iv, [16]);
       checkBlocks(data);
       const c = crypto.createCipheriv('aes-256-cbc', key, iv).setAutoPadding(false);
-      return u8(Buffer.concat([c.update(data), c.final()]));
+      return u8(withoutEmptyFinal(c.update(data), c.final()));
     },
     aes256CbcDecrypt(key, iv, data) {
       checkAesKey(key, iv, [16]);
       checkBlocks(data);
       const d = crypto.createDecipheriv('aes-256-cbc', key, iv).setAutoPadding(false);
-      return u8(Buffer.concat([d.update(data), d.final()]));
+      return u8(withoutEmptyFinal(d.update(data), d.final()));
+    },
+    aes256CbcEncryptInto(key, iv, data, out, offset) {
+      checkAesKey(key, iv, [16]);
+      checkBlocks(data);
+      if (offset < 0 || offset + data.length > out.length) throw new DimeError('CRYPTO_BAD_INPUT', 'output buffer too small');
+      const c = crypto.createCipheriv('aes-256-cbc', key, iv).setAutoPadding(false);
+      // Slices keep the transient ciphertext small whatever the payload size.
+      for (let at = 0; at < data.length; at += CBC_SLICE) out.set(c.update(data.subarray(at, at + CBC_SLICE)), offset + at);
+      c.final();
     },
     aes256GcmEncrypt(key, iv, data, aad) {
       checkGcm(key, iv);

@@ -137,7 +137,7 @@ class MessageBuffer {
 export function encryptChunkInto(crypto: CryptoBackend, out: Uint8Array, start: number, type: number, plain: Uint8Array, keks: Record<Actor, Kek>): ChunkKey {
   const chunkKey: ChunkKey = { iv: crypto.randomBytes(16), key: crypto.randomBytes(32) };
   const payloadAt = start + CHUNK_HEADER_LENGTH;
-  out.set(crypto.aes256CbcEncrypt(chunkKey.key, chunkKey.iv, plain), payloadAt);
+  crypto.aes256CbcEncryptInto(chunkKey.key, chunkKey.iv, plain, out, payloadAt);
   const actors = chunkSpec(type)!.actors;
   const rnd = crypto.randomBytes(16 * actors.length);
   actors.forEach((actor, i) => {
