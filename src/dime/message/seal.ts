@@ -5,7 +5,7 @@
  * placeholders for the origin's signatures.
  *
  * Memory: chunk sizes are known before anything is encrypted, so the message is allocated once and
- * each chunk is encrypted into place; a part's plaintext payload exists only while its chunk is built.
+ * each chunk is encrypted into place from one reused plaintext buffer.
  */
 import type { CryptoBackend, Signer } from '../../crypto/backend.js';
 import { DimeError } from '../../errors.js';
@@ -196,9 +196,12 @@ export async function sealMessage(crypto: CryptoBackend, parties: SealParties, c
 
   msg.bytes.set(ephemeralPublic, msg.begin(CHUNK.ephemeral, ephemeralPublic.length) + CHUNK_HEADER_LENGTH);
   const signer = parties.author.signer;
+  // One plaintext buffer, reused for every piece (each is encrypted before the next is written),
+  // so a large message never holds more than one part's plaintext besides its own bytes.
+  const scratch = new Uint8Array(Math.max(...pieces.map((p) => p.payloadLength)));
   for (const p of pieces) {
     const start = msg.begin(p.type, p.payloadLength);
-    const plain = new Uint8Array(p.payloadLength);
+    const plain = scratch.subarray(0, p.payloadLength);
     writeStandardPayload(plain, p.data, p.flags);
     plain.set(await signer.sign(plain.subarray(64)), 0);
     encryptChunkInto(crypto, msg.bytes, start, p.type, plain, keks);
