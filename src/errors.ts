@@ -47,6 +47,10 @@ export const ERROR_CODES = {
   RECORD_TOO_LARGE: 'management record text exceeds the size limit',
   TLS_BAD_CERTIFICATE: 'certificate is not a PEM or DER X.509 certificate',
   RECORD_BAD_SYNDICATES: 'syn= is not printable ASCII',
+  // MIME gateway
+  MIME_TOO_LARGE: 'message exceeds the MIME gateway size limit',
+  MIME_HEADERS_TOO_LARGE: 'message header block has too many fields or too many bytes',
+  MIME_BAD_MANIFEST: 'the structure line in the other-headers chunk does not describe the chunks',
   // DMIME messages
   MESSAGE_BAD_HEADERS: 'common headers chunk is not libdime\'s Label: value CRLF form',
   MESSAGE_BAD_ENVELOPE: 'envelope chunk is not the exact libdime line sequence',
