@@ -19,6 +19,7 @@ import { ExitStatus, exitStatusFor } from './exit.js';
 import { readInputFile, writeOutputFile } from './io.js';
 import { loadKeysFile } from './keys.js';
 import { loadSignetFile } from './signet.js';
+import { mimeToParts, partsToMime } from '../gateway/mime.js';
 
 interface SignetOptions {
   authorSignet?: string;
@@ -106,6 +107,7 @@ export function registerMessageCommands(program: Command): void {
       .command('seal')
       .description('seal a message from the author to the recipient (the author signs; the origin signs next)')
       .requiredOption('--author-keys <file>', "the author's user keys file")
+      .option('--eml <file>', 'an RFC 5322 message to seal (mapped to chunks as docs/mime-mapping.md says)')
       .option('--common-headers <file>', 'chunk 33: Date, To, [CC], From, [Organization], Subject lines')
       .option('--other-headers <file>', 'chunk 34: every other header, verbatim')
       .option('--display <file>', 'a display part (repeatable)', collect)
@@ -113,7 +115,7 @@ export function registerMessageCommands(program: Command): void {
   )
     .requiredOption('--out <file>', 'sealed message file')
     .option('--force', 'replace an existing file')
-    .action(async (opts: SignetOptions & { authorKeys: string; commonHeaders?: string; otherHeaders?: string; display?: string[]; attachment?: string[]; out: string; force?: boolean }) => {
+    .action(async (opts: SignetOptions & { authorKeys: string; eml?: string; commonHeaders?: string; otherHeaders?: string; display?: string[]; attachment?: string[]; out: string; force?: boolean }) => {
       const crypto = defaultCrypto();
       const signets = loadSignets(opts);
       const author = required(signets, 'author', '--author-signet');
@@ -122,13 +124,16 @@ export function registerMessageCommands(program: Command): void {
       const recipient = required(signets, 'recipient', '--recipient-signet');
       const keys = loadKeysFile(opts.authorKeys);
       if (keys.type !== 'user') throw new DimeError('USAGE', '--author-keys must be a user keys file');
-      if (!opts.commonHeaders) throw new DimeError('USAGE', 'give --common-headers (with --other-headers, --display, --attachment)');
-      const content = {
-        commonHeaders: readCommonHeaders(opts.commonHeaders),
-        otherHeaders: opts.otherHeaders ? new Uint8Array(readInputFile(opts.otherHeaders)) : new Uint8Array(0),
-        display: (opts.display ?? []).map((f) => new Uint8Array(readInputFile(f))),
-        attachments: (opts.attachment ?? []).map((f) => new Uint8Array(readInputFile(f))),
-      };
+      if (!!opts.eml === !!opts.commonHeaders) throw new DimeError('USAGE', 'give either --eml or --common-headers (with --other-headers, --display, --attachment)');
+      const parts = opts.eml ? mimeToParts(new Uint8Array(readInputFile(opts.eml))) : undefined;
+      const content = parts
+        ? { commonHeaders: parts.common, otherHeaders: parts.otherHeaders, display: parts.display, attachments: parts.attachments }
+        : {
+            commonHeaders: readCommonHeaders(opts.commonHeaders!),
+            otherHeaders: opts.otherHeaders ? new Uint8Array(readInputFile(opts.otherHeaders)) : new Uint8Array(0),
+            display: (opts.display ?? []).map((f) => new Uint8Array(readInputFile(f))),
+            attachments: (opts.attachment ?? []).map((f) => new Uint8Array(readInputFile(f))),
+          };
       if (content.display.length === 0) throw new DimeError('USAGE', 'a message needs at least one --display part');
       const sealed = await sealMessage(
         crypto,
@@ -180,10 +185,12 @@ export function registerMessageCommands(program: Command): void {
       .argument('<file>', 'DMIME message')
       .requiredOption('--as <actor>', 'author, origin, destination or recipient')
       .requiredOption('--keys <file>', "that actor's keys file (user keys for author and recipient, org keys for origin and destination)")
+      .option('--eml <file>', 'author and recipient: also write the message back as RFC 5322')
       .option('--json', 'print exactly one JSON object'),
-  ).action(async (file: string, opts: SignetOptions & { as: string; keys: string; json?: boolean }) => {
+  ).action(async (file: string, opts: SignetOptions & { as: string; keys: string; eml?: string; json?: boolean }) => {
     const actor = opts.as as Actor;
     if (!ACTOR_NAMES.includes(actor)) throw new DimeError('USAGE', `--as must be one of ${ACTOR_NAMES.join(', ')}`);
+    if (opts.eml && actor !== 'author' && actor !== 'recipient') throw new DimeError('USAGE', 'only the author and the recipient can read the message itself (--eml)');
     const crypto = defaultCrypto();
     const keys = loadKeysFile(opts.keys);
     const wantType = actor === 'author' || actor === 'recipient' ? 'user' : 'org';
@@ -199,6 +206,10 @@ export function registerMessageCommands(program: Command): void {
       if (opts.json) process.stdout.write(JSON.stringify({ ok: false, actor, error: { code: err.code, message: err.message }, envelope: {} }) + '\n');
       process.stderr.write(`dime: ${err.message} [${err.code}]\n`);
       throw new ExitStatus(exitStatusFor(err));
+    }
+    if (opts.eml) {
+      const eml = partsToMime({ common: view.common!, otherHeaders: view.otherHeaders!, display: view.display!, attachments: view.attachments! });
+      writeOutputFile(opts.eml, eml, { mode: 0o600 });
     }
     process.stdout.write(opts.json ? JSON.stringify(viewJson(view)) + '\n' : viewText(view));
   });
