@@ -8,6 +8,7 @@ import { registerConfigCommands } from './config.js';
 import { registerKeysCommands } from './keys.js';
 import { registerMessageCommands } from './message.js';
 import { registerRecordCommands } from './record.js';
+import { registerMilterCommands } from './milter.js';
 import { registerSignetCommands } from './signet.js';
 
 export function buildProgram(): Command {
@@ -18,6 +19,7 @@ export function buildProgram(): Command {
   registerKeysCommands(program);
   registerSignetCommands(program);
   registerRecordCommands(program);
+  registerMilterCommands(program);
   registerMessageCommands(program);
   registerConfigCommands(program);
   return program;
