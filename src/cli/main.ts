@@ -9,6 +9,7 @@ import { registerKeysCommands } from './keys.js';
 import { registerMessageCommands } from './message.js';
 import { registerRecordCommands } from './record.js';
 import { registerMilterCommands } from './milter.js';
+import { registerPolicyCommands } from './policy.js';
 import { registerSignetCommands } from './signet.js';
 
 export function buildProgram(): Command {
@@ -20,6 +21,7 @@ export function buildProgram(): Command {
   registerSignetCommands(program);
   registerRecordCommands(program);
   registerMilterCommands(program);
+  registerPolicyCommands(program);
   registerMessageCommands(program);
   registerConfigCommands(program);
   return program;
