@@ -690,7 +690,7 @@ describe('server', () => {
     assert.deepEqual(parseSocketSpec('unix:/var/spool/postfix/dime/milter.sock'), { kind: 'unix', path: '/var/spool/postfix/dime/milter.sock' });
     assert.deepEqual(parseSocketSpec('local:/run/dime.sock'), { kind: 'unix', path: '/run/dime.sock' });
     for (const bad of ['inet:8899@127.0.0.1', 'inet:127.0.0.1', 'inet:127.0.0.1:65536', 'inet:::1:25', 'inet:[nothex]:25', 'unix:relative.sock', 'tcp:1.2.3.4:5', '', `unix:/${'x'.repeat(107)}`]) {
-      expectCode(() => parseSocketSpec(bad), 'MILTER_BAD_SOCKET_SPEC', bad);
+      expectCode(() => parseSocketSpec(bad), 'SOCKET_BAD_SPEC', bad);
     }
     assert.equal(postfixMilterSpec(parseSocketSpec('unix:/var/spool/postfix/dime/milter.sock')), 'unix:/dime/milter.sock');
     assert.equal(postfixMilterSpec(parseSocketSpec('unix:/run/dime.sock')), 'unix:/run/dime.sock');
@@ -716,7 +716,7 @@ describe('server', () => {
       await c.negotiate();
       assert.equal(type(await c.connectEvent()), 'accept', 'pass-through over the unix socket');
       c.destroy();
-      await assert.rejects(startMilterServer({ listen: `unix:${sock}`, logger: createLogger({ level: 'silent' }) }), (e: unknown) => e instanceof DimeError && e.code === 'MILTER_SOCKET_IN_USE');
+      await assert.rejects(startMilterServer({ listen: `unix:${sock}`, logger: createLogger({ level: 'silent' }) }), (e: unknown) => e instanceof DimeError && e.code === 'SOCKET_IN_USE');
     } finally {
       await server.close(0);
     }

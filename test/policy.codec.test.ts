@@ -28,9 +28,7 @@ import {
   encodePolicyRequest,
   encodeSocketmapReply,
   encodeSocketmapRequest,
-  formatListenSpec,
   formatPolicyAction,
-  parseListenSpec,
   parsePolicyAction,
   startPolicyServer,
   startSocketmapServer,
@@ -43,6 +41,7 @@ import {
 } from '../src/policy/index.js';
 import { connectClient } from './helpers/postfix.js';
 import { expectCode } from './helpers/typed-errors.js';
+import { formatSocketSpec, parseSocketSpec } from '../src/net/socket.js';
 
 const quiet = createLogger({ level: 'silent' });
 const ctx = { signal: new AbortController().signal };
@@ -318,13 +317,13 @@ describe('static dark-domain table', () => {
 
 describe('listen specs', () => {
   it('parses and formats inet and unix endpoints', () => {
-    assert.deepEqual(parseListenSpec('inet:127.0.0.1:9998'), { kind: 'inet', host: '127.0.0.1', port: 9998 });
-    assert.deepEqual(parseListenSpec('inet:[::1]:9997'), { kind: 'inet', host: '::1', port: 9997 });
-    assert.deepEqual(parseListenSpec('inet:localhost:0'), { kind: 'inet', host: 'localhost', port: 0 });
-    assert.deepEqual(parseListenSpec('unix:/run/dime/policy.sock'), { kind: 'unix', path: '/run/dime/policy.sock' });
-    assert.equal(formatListenSpec({ kind: 'inet', host: '::1', port: 1 }), 'inet:[::1]:1');
+    assert.deepEqual(parseSocketSpec('inet:127.0.0.1:9998'), { kind: 'inet', host: '127.0.0.1', port: 9998 });
+    assert.deepEqual(parseSocketSpec('inet:[::1]:9997'), { kind: 'inet', host: '::1', port: 9997 });
+    assert.deepEqual(parseSocketSpec('inet:localhost:0'), { kind: 'inet', host: 'localhost', port: 0 });
+    assert.deepEqual(parseSocketSpec('unix:/run/dime/policy.sock'), { kind: 'unix', path: '/run/dime/policy.sock' });
+    assert.equal(formatSocketSpec({ kind: 'inet', host: '::1', port: 1 }), 'inet:[::1]:1');
     for (const bad of ['127.0.0.1:9998', 'inet:127.0.0.1', 'inet:127.0.0.1:70000', 'inet:::1:9998', 'inet:[nope]:1', 'unix:', 'tcp:x:1', `unix:/${'x'.repeat(200)}`]) {
-      expectCode(() => parseListenSpec(bad), 'USAGE', bad);
+      expectCode(() => parseSocketSpec(bad), 'SOCKET_BAD_SPEC', bad);
     }
   });
 });

@@ -273,8 +273,8 @@ describe('`dime policy` (the CLI) serving a real Postfix', () => {
 describe('`dime policy` usage errors', () => {
   it('exits 2 with the error code, before listening, on bad options', () => {
     const cases: [string[], RegExp][] = [
-      [['--listen', 'tcp:127.0.0.1:1'], /neither inet:HOST:PORT nor unix:PATH \[USAGE\]/],
-      [['--socketmap', 'inet:127.0.0.1:99999'], /out of range \[USAGE\]/],
+      [['--listen', 'tcp:127.0.0.1:1'], /expected inet:HOST:PORT or unix:\/PATH \[SOCKET_BAD_SPEC\]/],
+      [['--socketmap', 'inet:127.0.0.1:99999'], /with a port from 0 to 65535 .*\[SOCKET_BAD_SPEC\]/],
       [['--dark-domain', 'not a domain'], /not a domain name \[USAGE\]/],
       [['--dark-route', 'dmtp'], /is not transport:nexthop .*\[USAGE\]/],
       [['--failure-action', 'DUNNO please'], /--failure-action: .*takes no argument \[USAGE\]/],

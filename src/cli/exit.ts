@@ -11,7 +11,7 @@ export class ExitStatus extends Error {
 }
 
 /** Errors about how the command was called or its files, as opposed to verdicts about the input's content. */
-const USAGE_CODES: ReadonlySet<string> = new Set(['USAGE', 'FILE_UNREADABLE', 'FILE_EXISTS', 'FILE_WRITE_FAILED', 'MESSAGE_BAD_ARGUMENT', 'CONFIG_INVALID']);
+const USAGE_CODES: ReadonlySet<string> = new Set(['USAGE', 'FILE_UNREADABLE', 'FILE_EXISTS', 'FILE_WRITE_FAILED', 'MESSAGE_BAD_ARGUMENT', 'CONFIG_INVALID', 'SOCKET_BAD_SPEC', 'SOCKET_IN_USE']);
 
 export function exitStatusFor(err: DimeError): number {
   return USAGE_CODES.has(err.code) ? EXIT.usage : EXIT.negative;

@@ -7,7 +7,8 @@ import type { Command } from 'commander';
 import { DimeError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { passThroughHandler } from '../milter/handler.js';
-import { MilterServer, parseSocketSpec } from '../milter/server.js';
+import { MilterServer } from '../milter/server.js';
+import { parseSocketSpec } from '../net/socket.js';
 
 /** 8899 is the port the loopback rig and the Postfix documentation examples use. */
 export const DEFAULT_LISTEN = 'inet:127.0.0.1:8899';

@@ -14,9 +14,7 @@ import {
   DEFAULT_SOCKETMAP_IDLE_MS,
   dunnoPolicy,
   formatPolicyAction,
-  isLoopback,
   normalizeDomain,
-  parseListenSpec,
   parsePolicyAction,
   startPolicyServer,
   startSocketmapServer,
@@ -25,6 +23,7 @@ import {
   type PolicyAction,
   type ServiceServer,
 } from '../policy/index.js';
+import { isLoopback, parseSocketSpec } from '../net/socket.js';
 
 export const DEFAULT_POLICY_LISTEN = 'inet:127.0.0.1:9998';
 export const DEFAULT_SOCKETMAP_LISTEN = 'inet:127.0.0.1:9997';
@@ -68,8 +67,8 @@ export function registerPolicyCommands(program: Command): void {
 async function runPolicy(opts: PolicyOptions): Promise<void> {
   // Validate everything before binding anything: a usage error exits 2 with nothing half-started.
   if (opts.logLevel !== undefined && !LOG_LEVELS.includes(opts.logLevel)) throw new DimeError('USAGE', `--log-level must be one of ${LOG_LEVELS.join(', ')}`);
-  const policyAt = parseListenSpec(opts.listen);
-  const socketmapAt = parseListenSpec(opts.socketmap);
+  const policyAt = parseSocketSpec(opts.listen);
+  const socketmapAt = parseSocketSpec(opts.socketmap);
   const domains = (opts.darkDomain ?? []).map(normalizeDomain);
   const route = validateRoute(opts.darkRoute);
   let failureAction: PolicyAction;

@@ -8,53 +8,18 @@
  * /var/spool/postfix/dime/milter.sock on the real file system. Our --listen takes the real path
  * (`unix:/var/spool/postfix/dime/milter.sock`); `postfixMilterSpec` gives the main.cf form.
  */
-import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { createLogger, type Logger } from '../log.js';
 import { DimeError } from '../errors.js';
 import { passThroughHandler, type MilterHandler } from './handler.js';
 import { MilterSession, resolveSessionConfig, type SessionConfig, type SessionOptions, type SessionTransport } from './session.js';
+import { formatSocketSpec, listenOn, parseSocketSpec, type SocketSpec } from '../net/socket.js';
+
+export { formatSocketSpec, parseSocketSpec, type SocketSpec };
 
 // ---------------------------------------------------------------------------------------------
 // Socket specs
-
-export type SocketSpec = { kind: 'inet'; host: string; port: number } | { kind: 'unix'; path: string };
-
-/** sun_path is 108 bytes on Linux, including the terminating NUL. */
-export const MAX_UNIX_PATH = 107;
-
-/**
- * Parse `inet:HOST:PORT` (IPv6 as `inet:[::1]:PORT`), `unix:/PATH` or `local:/PATH`, the forms
- * Postfix's smtpd_milters takes. Sendmail's `inet:PORT@HOST` is refused with a hint, since the two
- * are easily confused (miltertest uses Sendmail's form).
- */
-export function parseSocketSpec(spec: string): SocketSpec {
-  if (typeof spec !== 'string') throw new DimeError('MILTER_BAD_SOCKET_SPEC', 'socket spec must be a string');
-  const colon = spec.indexOf(':');
-  const kind = colon < 0 ? '' : spec.slice(0, colon);
-  const rest = spec.slice(colon + 1);
-  if (kind === 'unix' || kind === 'local') {
-    if (!path.isAbsolute(rest)) throw new DimeError('MILTER_BAD_SOCKET_SPEC', `${JSON.stringify(spec)}: the socket path must be absolute`);
-    if (Buffer.byteLength(rest) > MAX_UNIX_PATH) throw new DimeError('MILTER_BAD_SOCKET_SPEC', `${JSON.stringify(spec)}: a unix socket path is at most ${MAX_UNIX_PATH} bytes`);
-    return { kind: 'unix', path: path.normalize(rest) };
-  }
-  if (kind === 'inet') {
-    if (/^[0-9]+@/.test(rest)) throw new DimeError('MILTER_BAD_SOCKET_SPEC', `${JSON.stringify(spec)} is Sendmail's inet:PORT@HOST; use Postfix's inet:HOST:PORT`);
-    const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]\s]+)):([0-9]{1,5})$/.exec(rest);
-    const port = m ? Number(m[3]) : NaN;
-    if (!m || port > 65535) throw new DimeError('MILTER_BAD_SOCKET_SPEC', `${JSON.stringify(spec)}: expected inet:HOST:PORT with a port from 0 to 65535 (IPv6 as inet:[::1]:PORT)`);
-    const host = m[1] ?? m[2]!;
-    if (m[1] !== undefined && net.isIPv6(host) === false) throw new DimeError('MILTER_BAD_SOCKET_SPEC', `${JSON.stringify(spec)}: ${host} is not an IPv6 address`);
-    return { kind: 'inet', host, port };
-  }
-  throw new DimeError('MILTER_BAD_SOCKET_SPEC', `${JSON.stringify(spec)}: expected inet:HOST:PORT or unix:/PATH`);
-}
-
-export function formatSocketSpec(spec: SocketSpec): string {
-  if (spec.kind === 'unix') return `unix:${spec.path}`;
-  return net.isIPv6(spec.host) ? `inet:[${spec.host}]:${spec.port}` : `inet:${spec.host}:${spec.port}`;
-}
 
 /**
  * The smtpd_milters value Postfix needs to reach this socket. A unix socket under the chroot
@@ -111,7 +76,8 @@ export class MilterServer {
   private readonly server: net.Server;
   private readonly sessions = new Map<MilterSession, net.Socket>();
   private bound: ListenAddress | undefined;
-  private socketIdentity: { dev: number; ino: number } | undefined;
+  /** Removes our unix socket on close (a no-op for inet). */
+  private release: (() => Promise<void>) | undefined;
   private closing: Promise<void> | undefined;
 
   constructor(options: MilterServerOptions) {
@@ -139,32 +105,9 @@ export class MilterServer {
   async listen(): Promise<ListenAddress> {
     if (this.bound) return this.bound;
     if (this.closing) throw new DimeError('USAGE', 'the milter server was closed');
-    if (this.spec.kind === 'unix') await replaceStaleSocket(this.spec.path);
-    await new Promise<void>((resolve, reject) => {
-      const onError = (err: NodeJS.ErrnoException): void => {
-        this.server.off('listening', onListening);
-        // A unix path in use was caught before binding (replaceStaleSocket); this is a busy port or bad address.
-        reject(new DimeError('USAGE', `cannot listen on ${formatSocketSpec(this.spec)}: ${err.message}`, { cause: err }));
-      };
-      const onListening = (): void => {
-        this.server.off('error', onError);
-        resolve();
-      };
-      this.server.once('error', onError);
-      this.server.once('listening', onListening);
-      if (this.spec.kind === 'unix') this.server.listen(this.spec.path);
-      else this.server.listen(this.spec.port, this.spec.host);
-    });
-    let spec: SocketSpec;
-    if (this.spec.kind === 'unix') {
-      await fs.promises.chmod(this.spec.path, this.unixSocketMode);
-      const st = await fs.promises.lstat(this.spec.path);
-      this.socketIdentity = { dev: st.dev, ino: st.ino };
-      spec = this.spec;
-    } else {
-      const a = this.server.address() as net.AddressInfo;
-      spec = { kind: 'inet', host: a.address, port: a.port };
-    }
+    const bound = await listenOn(this.server, this.spec, { unixMode: this.unixSocketMode });
+    this.release = bound.release;
+    const spec = bound.spec;
     this.bound = { spec, text: formatSocketSpec(spec) };
     return this.bound;
   }
@@ -188,7 +131,7 @@ export class MilterServer {
     for (const socket of this.sessions.values()) socket.destroy();
     await this.waitForSessions(CLOSE_LINGER);
     await stopped;
-    if (this.spec.kind === 'unix' && this.socketIdentity) await removeOwnSocket(this.spec.path, this.socketIdentity);
+    await this.release?.();
   }
 
   private async waitForSessions(ms: number): Promise<void> {
@@ -259,35 +202,3 @@ function nonNegative(name: string, value: unknown): number {
  * Before binding a unix socket: a leftover socket that nobody answers on is removed; a live one
  * (another milter) or a file that is not a socket is left alone and refused.
  */
-async function replaceStaleSocket(file: string): Promise<void> {
-  let st: fs.Stats;
-  try {
-    st = await fs.promises.lstat(file);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw err;
-  }
-  if (!st.isSocket()) throw new DimeError('FILE_EXISTS', `${file} exists and is not a socket`);
-  const live = await new Promise<boolean>((resolve) => {
-    const probe = net.connect(file);
-    probe.once('connect', () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once('error', () => resolve(false));
-  });
-  if (live) throw new DimeError('MILTER_SOCKET_IN_USE', file);
-  await fs.promises.unlink(file).catch((err: NodeJS.ErrnoException) => {
-    if (err.code !== 'ENOENT') throw err;
-  });
-}
-
-/** Remove the socket on close, unless something else has replaced it meanwhile. */
-async function removeOwnSocket(file: string, identity: { dev: number; ino: number }): Promise<void> {
-  try {
-    const st = await fs.promises.lstat(file);
-    if (st.dev === identity.dev && st.ino === identity.ino) await fs.promises.unlink(file);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
-}

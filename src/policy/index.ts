@@ -2,7 +2,6 @@
 export * from './action.js';
 export * from './codec.js';
 export * from './handler.js';
-export * from './listen.js';
 export * from './server.js';
 export * from './session.js';
 export * from './socketmap.js';

@@ -7,7 +7,7 @@ import { createLogger, type Logger } from '../log.js';
 import { DimeError } from '../errors.js';
 import { validatePolicyAction, type PolicyAction } from './action.js';
 import { dunnoPolicy, type PolicyHandler, type SocketmapHandler } from './handler.js';
-import { formatListenSpec, listenOn, parseListenSpec, type ListenSpec } from './listen.js';
+import { formatSocketSpec, listenOn, parseSocketSpec, type SocketSpec } from '../net/socket.js';
 import {
   DEFAULT_DEADLINE_MS,
   DEFAULT_FAILURE_ACTION,
@@ -29,7 +29,7 @@ export const CLOSE_GRACE_MS = 1000;
 
 export interface ServiceOptions {
   /** `inet:HOST:PORT` / `unix:PATH`, or a parsed spec. Port 0 picks a free port. */
-  listen: string | ListenSpec;
+  listen: string | SocketSpec;
   idleMs?: number;
   deadlineMs?: number;
   logger?: Logger;
@@ -47,7 +47,7 @@ export interface SocketmapServerOptions extends ServiceOptions {
 
 export interface ServiceServer {
   /** The bound endpoint, with the real port. */
-  readonly endpoint: ListenSpec;
+  readonly endpoint: SocketSpec;
   /** `inet:127.0.0.1:9998` form, ready for main.cf. */
   readonly address: string;
   /** TCP port (0 for unix sockets). */
@@ -72,7 +72,7 @@ async function startService(
   run: (socket: net.Socket, log: Logger) => Session,
 ): Promise<ServiceServer> {
   checkTimeouts(idleMs, deadlineMs);
-  const spec = typeof options.listen === 'string' ? parseListenSpec(options.listen) : options.listen;
+  const spec = typeof options.listen === 'string' ? parseSocketSpec(options.listen) : options.listen;
   const log = (options.logger ?? createLogger()).child({ service });
   const sessions = new Set<Session>();
   const server = net.createServer({ allowHalfOpen: true }, (socket) => {
@@ -82,8 +82,9 @@ async function startService(
     void session.done.then(() => sessions.delete(session));
   });
   server.maxConnections = MAX_CONNECTIONS;
-  const endpoint = await listenOn(server, spec);
-  const address = formatListenSpec(endpoint);
+  const bound = await listenOn(server, spec);
+  const endpoint = bound.spec;
+  const address = formatSocketSpec(endpoint);
   log.info({ address }, 'listening');
   let closed: Promise<void> | undefined;
   return {
@@ -103,6 +104,7 @@ async function startService(
         await Promise.all([...sessions].map((s) => s.done));
         clearTimeout(grace);
         await stopped;
+        await bound.release();
         log.info({ address }, 'stopped');
       })();
       return closed;
