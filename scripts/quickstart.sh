@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Bootstrap a demonstration dark domain with the file keystore (the embedded default):
-# organisation keys and signet, a user signed by the organisation, and the _dx TXT record to publish.
+# First look at DIME on embedded defaults: the two-domain demo (what every hop sees), then a
+# demonstration dark domain bootstrapped with the file keystore: organisation keys and signet, a user
+# signed by the organisation, and the _dx TXT record to publish.
 set -euo pipefail
 domain="${1:-example.test}"
 dir="${2:-dime-demo}"
 dime="$(cd "$(dirname "$0")/.." && pwd)/bin/dime"
+echo "== dime demo: alice@a.test writes to bob@b.test; what each hop sees"
+"$dime" demo
 mkdir -p "$dir" && cd "$dir"
 user="postmaster@$domain"
 

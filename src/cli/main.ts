@@ -5,6 +5,7 @@ import { EXIT, ExitStatus, exitStatusFor } from './exit.js';
 // Re-exported for commands written before exit.ts existed; import from exit.js (no cycle).
 export { EXIT, ExitStatus, exitStatusFor };
 import { registerConfigCommands } from './config.js';
+import { registerDemoCommands } from './demo.js';
 import { registerKeysCommands } from './keys.js';
 import { registerMessageCommands } from './message.js';
 import { registerRecordCommands } from './record.js';
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   registerPolicyCommands(program);
   registerMessageCommands(program);
   registerConfigCommands(program);
+  registerDemoCommands(program);
   return program;
 }
 
