@@ -6,6 +6,7 @@ import { EXIT, ExitStatus, exitStatusFor } from './exit.js';
 export { EXIT, ExitStatus, exitStatusFor };
 import { registerConfigCommands } from './config.js';
 import { registerDemoCommands } from './demo.js';
+import { registerStartCommands } from './start.js';
 import { registerKeysCommands } from './keys.js';
 import { registerMessageCommands } from './message.js';
 import { registerRecordCommands } from './record.js';
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
   registerMessageCommands(program);
   registerConfigCommands(program);
   registerDemoCommands(program);
+  registerStartCommands(program);
   return program;
 }
 

@@ -1,0 +1,76 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { describe, it } from 'node:test';
+import { DIME_BIN, dime, scratchDir } from './helpers/cli.js';
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+async function config(dir: string): Promise<{ file: string; ports: number[] }> {
+  const ports = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const file = path.join(dir, 'dime.toml');
+  fs.writeFileSync(file, `[milter]\nlisten = "inet:127.0.0.1:${ports[0]}"\n[policy]\nlisten = "inet:127.0.0.1:${ports[1]}"\nsocketmap = "inet:127.0.0.1:${ports[2]}"\n`);
+  return { file, ports };
+}
+
+describe('dime start', () => {
+  it('starts every service, answers /healthz and /metrics, and stops cleanly on SIGTERM', async () => {
+    const { file, ports } = await config(scratchDir());
+    const child = spawn(process.execPath, [DIME_BIN, 'start', '--config', file, '--metrics', `inet:127.0.0.1:${ports[3]}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    try {
+      const deadline = Date.now() + 15_000;
+      while (!/dime started/.test(stderr)) {
+        if (Date.now() > deadline || child.exitCode !== null) assert.fail(`did not start: ${stderr}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const health = (await (await fetch(`http://127.0.0.1:${ports[3]}/healthz`)).json()) as { services: { name: string }[] };
+      assert.deepEqual(health.services.map((s: { name: string }) => s.name), ['milter', 'policy', 'socketmap', 'metrics']);
+      assert.match(await (await fetch(`http://127.0.0.1:${ports[3]}/metrics`)).text(), /^# (HELP|TYPE)|^$/m);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+    assert.equal(code, 0, stderr);
+    assert.match(stderr, /dime stopped/);
+  });
+
+  it('a port already in use: exit 2 with one clear line, and nothing left listening', async () => {
+    const { file, ports } = await config(scratchDir());
+    const squatter = net.createServer();
+    await new Promise<void>((r) => squatter.listen(ports[1], '127.0.0.1', r));
+    try {
+      const r = dime(['start', '--config', file, '--metrics', `inet:127.0.0.1:${ports[3]}`]);
+      assert.equal(r.status, 2, r.stderr);
+      assert.match(r.stderr, new RegExp(`policy on inet:127\\.0\\.0\\.1:${ports[1]}: .*EADDRINUSE`));
+      // The milter, started first, was closed again.
+      const probe = net.connect(ports[0]!, '127.0.0.1');
+      const refused = await new Promise<boolean>((res) => {
+        probe.once('connect', () => res(false));
+        probe.once('error', () => res(true));
+      });
+      probe.destroy();
+      assert.ok(refused, 'the milter port must not stay open');
+    } finally {
+      await new Promise<void>((r) => squatter.close(() => r()));
+    }
+  });
+
+  it('a configuration error refuses to start', () => {
+    const dir = scratchDir();
+    const file = path.join(dir, 'bad.toml');
+    fs.writeFileSync(file, '[milter]\nlisen = "inet:127.0.0.1:1"\n');
+    const r = dime(['start', '--config', file]);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /milter.lisen is not a setting/);
+  });
+});
