@@ -31,6 +31,7 @@ import {
 import './crypto.js';
 import './signet.js';
 import './message.js';
+import './keystore.js';
 // Add further bench modules below, one import line each.
 
 interface Args {

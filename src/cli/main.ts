@@ -6,6 +6,8 @@ import { EXIT, ExitStatus, exitStatusFor } from './exit.js';
 export { EXIT, ExitStatus, exitStatusFor };
 import { registerConfigCommands } from './config.js';
 import { registerDemoCommands } from './demo.js';
+import { registerInitCommands } from './init.js';
+import { registerUserCommands } from './user.js';
 import { registerStartCommands } from './start.js';
 import { registerKeysCommands } from './keys.js';
 import { registerMessageCommands } from './message.js';
@@ -28,6 +30,8 @@ export function buildProgram(): Command {
   registerConfigCommands(program);
   registerDemoCommands(program);
   registerStartCommands(program);
+  registerInitCommands(program);
+  registerUserCommands(program);
   return program;
 }
 

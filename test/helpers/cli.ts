@@ -24,10 +24,13 @@ export function dime(args: string[], options: { cwd?: string; env?: NodeJS.Proce
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-/** A private scratch directory removed when the process exits. */
+const scratchDirs: string[] = [];
+
+/** A private scratch directory removed when the process exits (one exit hook for all of them). */
 export function scratchDir(prefix = 'dime-test-'): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+  if (scratchDirs.length === 0) process.on('exit', () => scratchDirs.forEach((d) => fs.rmSync(d, { recursive: true, force: true })));
+  scratchDirs.push(dir);
   return dir;
 }
 
