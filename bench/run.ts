@@ -32,6 +32,7 @@ import './crypto.js';
 import './signet.js';
 import './message.js';
 import './keystore.js';
+import './dmtp.js';
 // Add further bench modules below, one import line each.
 
 interface Args {

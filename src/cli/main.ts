@@ -9,6 +9,7 @@ import { registerDemoCommands } from './demo.js';
 import { registerInitCommands } from './init.js';
 import { registerUserCommands } from './user.js';
 import { registerStartCommands } from './start.js';
+import { registerRelayCommands } from './relay.js';
 import { registerKeysCommands } from './keys.js';
 import { registerMessageCommands } from './message.js';
 import { registerRecordCommands } from './record.js';
@@ -32,6 +33,7 @@ export function buildProgram(): Command {
   registerStartCommands(program);
   registerInitCommands(program);
   registerUserCommands(program);
+  registerRelayCommands(program);
   return program;
 }
 

@@ -1,0 +1,165 @@
+/**
+ * `dime relay`: the DMTP relay. Serves our organisational and user signets (SGNT, HIST, VRFY) and
+ * accepts inbound DIME messages for our domain, handing each to the local MTA wrapped in MIME
+ * (docs/dmtp.md). Settings come from the configuration file ([relay], [keystore], domain,
+ * data_dir); flags override them. JSON logs on standard error; SIGTERM or SIGINT stops it
+ * gracefully (idle sessions get 421, transfers in progress finish first, bounded).
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { Command } from 'commander';
+import { loadConfig } from '../config/config.js';
+import { defaultCrypto } from '../crypto/index.js';
+import { localActorKeys } from '../dime/message/index.js';
+import { encryptionKeyOf } from '../dime/signet/index.js';
+import { bytesEqual } from '../dime/bytes.js';
+import { CachingSignetSource, DmtpClient, DnsPeerLocator } from '../dmtp/client.js';
+import { normalizeDomain } from '../dmtp/codec.js';
+import { formatInetSpec, parseInetSpec, startRelay } from '../dmtp/server.js';
+import { DEFAULT_SESSION_LIMITS } from '../dmtp/session.js';
+import { formatMtaTarget, parseMtaTarget } from '../dmtp/smtp-client.js';
+import { DimeError } from '../errors.js';
+import { FileSignetStore } from '../keystore/signets.js';
+import { createLogger } from '../log.js';
+import { readInputFile } from './io.js';
+import { loadKeysFile } from './keys.js';
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+interface RelayFlags {
+  config?: string;
+  orgKeys?: string;
+  signets?: string;
+  domain?: string;
+  hostname?: string;
+  listen?: string;
+  dualListen?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  mta?: string;
+  maxSize?: string;
+  logLevel?: string;
+}
+
+function usage(flag: string, err: unknown): DimeError {
+  return new DimeError('USAGE', `${flag}: ${(err as Error).message}`, { cause: err });
+}
+
+async function runRelay(flags: RelayFlags): Promise<void> {
+  const config = loadConfig(flags.config);
+  const level = flags.logLevel ?? config.log.level;
+  if (!LOG_LEVELS.includes(level)) throw new DimeError('USAGE', `--log-level must be one of ${LOG_LEVELS.join(', ')}, not ${JSON.stringify(level)}`);
+  const domainText = flags.domain ?? config.domain;
+  if (!domainText) throw new DimeError('USAGE', 'the relay needs our domain: set domain = "…" in the configuration or give --domain');
+  let domain: string;
+  try {
+    domain = normalizeDomain(domainText);
+  } catch (err) {
+    throw usage('--domain', err);
+  }
+  const hostname = (flags.hostname ?? config.relay.hostname ?? os.hostname()).toLowerCase();
+  const certFile = flags.tlsCert ?? config.relay.tlsCert;
+  const keyFile = flags.tlsKey ?? config.relay.tlsKey;
+  if (!certFile || !keyFile) throw new DimeError('USAGE', 'the relay needs an RSA certificate and key: [relay] tls_cert and tls_key, or --tls-cert and --tls-key');
+  const keysFile = flags.orgKeys ?? (config.keystore.type === 'file' ? config.keystore.file : undefined);
+  if (!keysFile) throw new DimeError('USAGE', 'the relay reads the organisation key from a keys file until it speaks to the PKCS#11 keystore: give --org-keys');
+  const listenText = flags.listen ?? config.relay.listen;
+  const dualText = flags.dualListen ?? config.relay.dualListen;
+  let listen, dualListen, mta;
+  try {
+    listen = parseInetSpec(listenText);
+  } catch (err) {
+    throw usage('--listen', err);
+  }
+  try {
+    dualListen = dualText ? parseInetSpec(dualText) : undefined;
+  } catch (err) {
+    throw usage('--dual-listen', err);
+  }
+  try {
+    mta = parseMtaTarget(flags.mta ?? config.relay.mta);
+  } catch (err) {
+    throw usage('--mta', err);
+  }
+  let maxMessageSize = DEFAULT_SESSION_LIMITS.maxMessageSize;
+  if (flags.maxSize !== undefined) {
+    if (!/^[0-9]{1,12}$/.test(flags.maxSize) || Number(flags.maxSize) < 1) throw new DimeError('USAGE', '--max-size is a number of octets');
+    maxMessageSize = Number(flags.maxSize);
+  }
+
+  const crypto = defaultCrypto();
+  const keys = loadKeysFile(keysFile);
+  if (keys.type !== 'org') throw new DimeError('USAGE', `${keysFile} holds user keys, not the organisation's`);
+  const store = new FileSignetStore(flags.signets ?? path.join(config.dataDir, 'signets'), crypto);
+  const org = await store.org(domain);
+  if (!org) throw new DimeError('USAGE', `no organisational signet of ${domain} is published in ${store.dir}`);
+  const published = encryptionKeyOf(org);
+  if (!published || !bytesEqual(published, crypto.secp256k1PublicKey(keys.encryptionKey))) {
+    throw new DimeError('USAGE', `${keysFile} does not hold the encryption key of ${domain}'s published organisational signet`);
+  }
+  const tlsCert = readInputFile(certFile);
+  const tlsKey = readInputFile(keyFile);
+  if (fs.statSync(keyFile).mode & 0o077) process.stderr.write(`warning: ${keyFile} is readable by other users; make it mode 0600\n`);
+
+  const log = createLogger({ level, name: 'dime-relay' });
+  const client = new DmtpClient({ crypto, locator: new DnsPeerLocator(), log });
+  const relay = await startRelay({
+    domain,
+    hostname,
+    crypto,
+    store,
+    keys: localActorKeys(crypto, keys.encryptionKey),
+    signets: new CachingSignetSource(client),
+    mta,
+    tls: { cert: tlsCert, key: tlsKey },
+    listen,
+    ...(dualListen ? { dualListen } : {}),
+    limits: { maxMessageSize },
+    log,
+  });
+  log.info(
+    {
+      event: 'relay.start',
+      domain,
+      hostname,
+      listen: relay.endpoints.implicit ? formatInetSpec(relay.endpoints.implicit) : undefined,
+      dualListen: relay.endpoints.dual ? formatInetSpec(relay.endpoints.dual) : undefined,
+      mta: formatMtaTarget(mta),
+      pid: process.pid,
+    },
+    `dime relay for ${domain} started`,
+  );
+
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    const stop = (sig: NodeJS.Signals): void => {
+      process.off('SIGTERM', stop);
+      process.off('SIGINT', stop);
+      resolve(sig);
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+  log.info({ event: 'relay.stopping', signal, connections: relay.connections }, 'dime relay stopping');
+  await relay.close();
+  log.info({ event: 'relay.stop' }, 'dime relay stopped');
+}
+
+export function registerRelayCommands(program: Command): void {
+  program
+    .command('relay')
+    .description('run the DMTP relay: serve our signets and accept inbound DIME messages, handing them to the local MTA')
+    .option('--config <file>', 'configuration file (default: $DIME_CONFIG, else /etc/dime/dime.toml, else embedded defaults)')
+    .option('--org-keys <file>', "the organisation's keys file (default: [keystore] file)")
+    .option('--signets <dir>', 'published signets (default: <data_dir>/signets)')
+    .option('--domain <domain>', 'our dark domain (default: domain in the configuration)')
+    .option('--hostname <name>', 'our DX host name for banners and Received headers (default: [relay] hostname, else the system host name)')
+    .option('--listen <inet:HOST:PORT>', 'the DMTP port with implicit TLS (default: [relay] listen)')
+    .option('--dual-listen <inet:HOST:PORT>', 'a plaintext port offering STARTTLS MODE=DMTPv1 (default: [relay] dual_listen, else none)')
+    .option('--tls-cert <file>', 'the relay certificate, PEM, RSA (default: [relay] tls_cert)')
+    .option('--tls-key <file>', 'its private key, PEM (default: [relay] tls_key)')
+    .option('--mta <spec>', 'where inbound mail goes: inet:HOST:PORT or unix:/PATH (default: [relay] mta)')
+    .option('--max-size <octets>', `largest message accepted (default ${DEFAULT_SESSION_LIMITS.maxMessageSize})`)
+    .option('--log-level <level>', `${LOG_LEVELS.join(' | ')} (default: $DIME_LOG_LEVEL, [log] level, or info)`)
+    .action((flags: RelayFlags) => runRelay(flags));
+}
