@@ -65,6 +65,46 @@ describe('dime start', () => {
     }
   });
 
+  it('after dime init, the relay starts too, with the keystore holding the organisation key', async () => {
+    const dir = scratchDir();
+    const init = dime(['init', '--domain', 'a.test', '--dir', dir]);
+    assert.equal(init.status, 0, init.stderr);
+    const file = path.join(dir, 'dime.toml');
+    assert.ok(fs.existsSync(file), 'dime init writes dime.toml');
+    const ports = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+    let text = fs.readFileSync(file, 'utf8');
+    const set = (section: string, key: string, value: string) => {
+      text = text.replace(new RegExp(`(\\[${section}\\][^\\[]*?)${key} = "[^"]*"`), `$1${key} = "${value}"`);
+    };
+    set('milter', 'listen', `inet:127.0.0.1:${ports[0]}`);
+    set('policy', 'listen', `inet:127.0.0.1:${ports[1]}`);
+    set('policy', 'socketmap', `inet:127.0.0.1:${ports[2]}`);
+    set('relay', 'listen', `inet:127.0.0.1:${ports[3]}`);
+    fs.writeFileSync(file, text);
+    const child = spawn(process.execPath, [DIME_BIN, 'start', '--config', file, '--metrics', `inet:127.0.0.1:${ports[4]}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    try {
+      const deadline = Date.now() + 20_000;
+      while (!/dime started/.test(stderr)) {
+        if (Date.now() > deadline || child.exitCode !== null) assert.fail(`did not start: ${stderr}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const health = (await (await fetch(`http://127.0.0.1:${ports[4]}/healthz`)).json()) as { services: { name: string }[] };
+      assert.deepEqual(health.services.map((s) => s.name), ['milter', 'policy', 'socketmap', 'relay', 'metrics']);
+      // The relay greets with DMTPv1 over TLS on its port.
+      const { connect } = await import('node:tls');
+      const banner = await new Promise<string>((resolve, reject) => {
+        const sock = connect({ host: '127.0.0.1', port: ports[3]!, rejectUnauthorized: false }, () => sock.once('data', (d) => (resolve(String(d)), sock.destroy())));
+        sock.once('error', reject);
+      });
+      assert.match(banner, /^220 .*DMTPv1/);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    assert.equal(await new Promise<number | null>((r) => child.once('exit', (c) => r(c))), 0, stderr);
+  });
+
   it('a configuration error refuses to start', () => {
     const dir = scratchDir();
     const file = path.join(dir, 'bad.toml');

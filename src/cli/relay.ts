@@ -7,11 +7,10 @@
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
-import * as path from 'node:path';
 import type { Command } from 'commander';
-import { loadConfig } from '../config/config.js';
+import { loadConfig, type DimeConfig } from '../config/config.js';
 import { defaultCrypto } from '../crypto/index.js';
-import { localActorKeys } from '../dime/message/index.js';
+import { localActorKeys, type ActorKeys } from '../dime/message/index.js';
 import { encryptionKeyOf } from '../dime/signet/index.js';
 import { bytesEqual } from '../dime/bytes.js';
 import { CachingSignetSource, DmtpClient, DnsPeerLocator } from '../dmtp/client.js';
@@ -20,14 +19,16 @@ import { formatInetSpec, parseInetSpec, startRelay } from '../dmtp/server.js';
 import { DEFAULT_SESSION_LIMITS } from '../dmtp/session.js';
 import { formatMtaTarget, parseMtaTarget } from '../dmtp/smtp-client.js';
 import { DimeError } from '../errors.js';
+import { openKeystore } from '../keystore/keystore.js';
+import { dataLayout } from '../keystore/layout.js';
 import { FileSignetStore } from '../keystore/signets.js';
-import { createLogger } from '../log.js';
+import { createLogger, type Logger } from '../log.js';
 import { readInputFile } from './io.js';
 import { loadKeysFile } from './keys.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
-interface RelayFlags {
+export interface RelayFlags {
   config?: string;
   orgKeys?: string;
   signets?: string;
@@ -46,10 +47,20 @@ function usage(flag: string, err: unknown): DimeError {
   return new DimeError('USAGE', `${flag}: ${(err as Error).message}`, { cause: err });
 }
 
-async function runRelay(flags: RelayFlags): Promise<void> {
-  const config = loadConfig(flags.config);
-  const level = flags.logLevel ?? config.log.level;
-  if (!LOG_LEVELS.includes(level)) throw new DimeError('USAGE', `--log-level must be one of ${LOG_LEVELS.join(', ')}, not ${JSON.stringify(level)}`);
+export interface OpenedRelay {
+  relay: Awaited<ReturnType<typeof startRelay>>;
+  domain: string;
+  hostname: string;
+  mta: string;
+  close(): Promise<void>;
+}
+
+/**
+ * Start the relay the configuration (and flags) describe. The organisation key comes from the
+ * keystore of the configuration (file or PKCS#11), or from --org-keys; it must be the one in our
+ * published organisational signet. Shared by `dime relay` and `dime start`.
+ */
+export async function openRelay(config: DimeConfig, flags: RelayFlags, log: Logger): Promise<OpenedRelay> {
   const domainText = flags.domain ?? config.domain;
   if (!domainText) throw new DimeError('USAGE', 'the relay needs our domain: set domain = "…" in the configuration or give --domain');
   let domain: string;
@@ -62,8 +73,6 @@ async function runRelay(flags: RelayFlags): Promise<void> {
   const certFile = flags.tlsCert ?? config.relay.tlsCert;
   const keyFile = flags.tlsKey ?? config.relay.tlsKey;
   if (!certFile || !keyFile) throw new DimeError('USAGE', 'the relay needs an RSA certificate and key: [relay] tls_cert and tls_key, or --tls-cert and --tls-key');
-  const keysFile = flags.orgKeys ?? (config.keystore.type === 'file' ? config.keystore.file : undefined);
-  if (!keysFile) throw new DimeError('USAGE', 'the relay reads the organisation key from a keys file until it speaks to the PKCS#11 keystore: give --org-keys');
   const listenText = flags.listen ?? config.relay.listen;
   const dualText = flags.dualListen ?? config.relay.dualListen;
   let listen, dualListen, mta;
@@ -89,35 +98,69 @@ async function runRelay(flags: RelayFlags): Promise<void> {
   }
 
   const crypto = defaultCrypto();
-  const keys = loadKeysFile(keysFile);
-  if (keys.type !== 'org') throw new DimeError('USAGE', `${keysFile} holds user keys, not the organisation's`);
-  const store = new FileSignetStore(flags.signets ?? path.join(config.dataDir, 'signets'), crypto);
-  const org = await store.org(domain);
-  if (!org) throw new DimeError('USAGE', `no organisational signet of ${domain} is published in ${store.dir}`);
-  const published = encryptionKeyOf(org);
-  if (!published || !bytesEqual(published, crypto.secp256k1PublicKey(keys.encryptionKey))) {
-    throw new DimeError('USAGE', `${keysFile} does not hold the encryption key of ${domain}'s published organisational signet`);
+  const store = new FileSignetStore(flags.signets ?? dataLayout(config.dataDir).signets, crypto);
+  let keys: ActorKeys;
+  let encryptionPublicKey: Uint8Array;
+  let closeKeys = async (): Promise<void> => {};
+  if (flags.orgKeys) {
+    const file = loadKeysFile(flags.orgKeys);
+    if (file.type !== 'org') throw new DimeError('USAGE', `${flags.orgKeys} holds user keys, not the organisation's`);
+    keys = localActorKeys(crypto, file.encryptionKey);
+    encryptionPublicKey = crypto.secp256k1PublicKey(file.encryptionKey);
+  } else {
+    const keystore = await openKeystore(config.keystore, { crypto, logger: log });
+    keys = keystore.actorKeys;
+    encryptionPublicKey = keystore.encryptionPublicKey;
+    closeKeys = () => keystore.close();
   }
-  const tlsCert = readInputFile(certFile);
-  const tlsKey = readInputFile(keyFile);
-  if (fs.statSync(keyFile).mode & 0o077) process.stderr.write(`warning: ${keyFile} is readable by other users; make it mode 0600\n`);
+  try {
+    const org = await store.org(domain);
+    if (!org) throw new DimeError('USAGE', `no organisational signet of ${domain} is published in ${store.dir} (run dime init)`);
+    const published = encryptionKeyOf(org);
+    if (!published || !bytesEqual(published, encryptionPublicKey)) {
+      throw new DimeError('USAGE', `the keystore does not hold the encryption key of ${domain}'s published organisational signet`);
+    }
+    const tlsCert = readInputFile(certFile);
+    const tlsKey = readInputFile(keyFile);
+    if (fs.statSync(keyFile).mode & 0o077) log.warn({ file: keyFile }, 'the relay TLS key is readable by other users; make it mode 0600');
+    const client = new DmtpClient({ crypto, locator: new DnsPeerLocator(), log });
+    const relay = await startRelay({
+      domain,
+      hostname,
+      crypto,
+      store,
+      keys,
+      signets: new CachingSignetSource(client),
+      mta,
+      tls: { cert: tlsCert, key: tlsKey },
+      listen,
+      ...(dualListen ? { dualListen } : {}),
+      limits: { maxMessageSize },
+      log,
+    });
+    return {
+      relay,
+      domain,
+      hostname,
+      mta: formatMtaTarget(mta),
+      async close() {
+        await relay.close();
+        await closeKeys();
+      },
+    };
+  } catch (err) {
+    await closeKeys();
+    throw err;
+  }
+}
 
+async function runRelay(flags: RelayFlags): Promise<void> {
+  const config = loadConfig(flags.config);
+  const level = flags.logLevel ?? config.log.level;
+  if (!LOG_LEVELS.includes(level)) throw new DimeError('USAGE', `--log-level must be one of ${LOG_LEVELS.join(', ')}, not ${JSON.stringify(level)}`);
   const log = createLogger({ level, name: 'dime-relay' });
-  const client = new DmtpClient({ crypto, locator: new DnsPeerLocator(), log });
-  const relay = await startRelay({
-    domain,
-    hostname,
-    crypto,
-    store,
-    keys: localActorKeys(crypto, keys.encryptionKey),
-    signets: new CachingSignetSource(client),
-    mta,
-    tls: { cert: tlsCert, key: tlsKey },
-    listen,
-    ...(dualListen ? { dualListen } : {}),
-    limits: { maxMessageSize },
-    log,
-  });
+  const opened = await openRelay(config, flags, log);
+  const { relay, domain, hostname } = opened;
   log.info(
     {
       event: 'relay.start',
@@ -125,7 +168,7 @@ async function runRelay(flags: RelayFlags): Promise<void> {
       hostname,
       listen: relay.endpoints.implicit ? formatInetSpec(relay.endpoints.implicit) : undefined,
       dualListen: relay.endpoints.dual ? formatInetSpec(relay.endpoints.dual) : undefined,
-      mta: formatMtaTarget(mta),
+      mta: opened.mta,
       pid: process.pid,
     },
     `dime relay for ${domain} started`,
@@ -141,7 +184,7 @@ async function runRelay(flags: RelayFlags): Promise<void> {
     process.on('SIGINT', stop);
   });
   log.info({ event: 'relay.stopping', signal, connections: relay.connections }, 'dime relay stopping');
-  await relay.close();
+  await opened.close();
   log.info({ event: 'relay.stop' }, 'dime relay stopped');
 }
 
@@ -150,7 +193,7 @@ export function registerRelayCommands(program: Command): void {
     .command('relay')
     .description('run the DMTP relay: serve our signets and accept inbound DIME messages, handing them to the local MTA')
     .option('--config <file>', 'configuration file (default: $DIME_CONFIG, else /etc/dime/dime.toml, else embedded defaults)')
-    .option('--org-keys <file>', "the organisation's keys file (default: [keystore] file)")
+    .option('--org-keys <file>', "the organisation's keys file (default: the configured keystore, file or PKCS#11)")
     .option('--signets <dir>', 'published signets (default: <data_dir>/signets)')
     .option('--domain <domain>', 'our dark domain (default: domain in the configuration)')
     .option('--hostname <name>', 'our DX host name for banners and Received headers (default: [relay] hostname, else the system host name)')

@@ -1,5 +1,6 @@
 /**
- * `dime start`: every service in one process, on the configuration's listeners (embedded defaults
+ * `dime start`: every service in one process (milter, policy, socketmap, the DMTP relay when the
+ * configuration has a domain and a TLS certificate, metrics), on the configuration's listeners (embedded defaults
  * without a file). Either everything starts or nothing stays up: a failure closes what already
  * listens and exits 2 with one line saying what and where. Services join here as they land.
  */
@@ -13,6 +14,7 @@ import { startMilterServer } from '../milter/server.js';
 import { formatSocketSpec, listenOn, parseSocketSpec } from '../net/socket.js';
 import { dunnoPolicy, startPolicyServer, startSocketmapServer, staticDarkTable } from '../policy/index.js';
 import { EXIT, ExitStatus } from './exit.js';
+import { openRelay } from './relay.js';
 
 export const DEFAULT_METRICS_LISTEN = 'inet:127.0.0.1:9464';
 
@@ -75,6 +77,14 @@ export async function startSidecar(config: DimeConfig, log: Logger, metricsListe
     const s = await startSocketmapServer({ listen: config.policy.socketmap, handler: staticDarkTable({ domains: [] }), logger: log });
     return { name: 'socketmap', address: s.address, close: () => s.close() };
   });
+  if (config.domain && config.relay.tlsCert && config.relay.tlsKey) {
+    await start('relay', config.relay.listen, async () => {
+      const r = await openRelay(config, {}, log.child({ service: 'relay' }));
+      return { name: 'relay', address: config.relay.listen, close: () => r.close() };
+    });
+  } else {
+    log.info('relay not started: the configuration has no domain or no [relay] tls_cert/tls_key (dime init writes both)');
+  }
   await start('metrics', metricsListen, () => startHttp(metricsListen, () => services));
   return { services, close: closeAll };
 }
@@ -82,7 +92,7 @@ export async function startSidecar(config: DimeConfig, log: Logger, metricsListe
 export function registerStartCommands(program: Command): void {
   program
     .command('start')
-    .description('run every service in one process (milter, policy and socketmap, metrics) from the configuration')
+    .description('run every service in one process (milter, policy and socketmap, DMTP relay, metrics) from the configuration')
     .option('--config <file>', 'configuration file (default: $DIME_CONFIG, /etc/dime/dime.toml, else embedded defaults)')
     .option('--metrics <socket>', 'where /metrics and /healthz listen', DEFAULT_METRICS_LISTEN)
     .action(async (opts: { config?: string; metrics: string }) => {
