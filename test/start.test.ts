@@ -36,6 +36,21 @@ describe('dime start', () => {
       const health = (await (await fetch(`http://127.0.0.1:${ports[3]}/healthz`)).json()) as { services: { name: string }[] };
       assert.deepEqual(health.services.map((s: { name: string }) => s.name), ['milter', 'policy', 'socketmap', 'metrics']);
       assert.match(await (await fetch(`http://127.0.0.1:${ports[3]}/metrics`)).text(), /^# (HELP|TYPE)|^$/m);
+      // SIGHUP: a valid change is applied; a broken file is refused and the services stay up.
+      const waitFor = async (re: RegExp) => {
+        const until = Date.now() + 10_000;
+        while (!re.test(stderr)) {
+          if (Date.now() > until) assert.fail(`no ${re} in ${stderr}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      };
+      fs.appendFileSync(file, '[log]\nlevel = "debug"\n');
+      child.kill('SIGHUP');
+      await waitFor(/"logLevel":"debug".*configuration reloaded"/);
+      fs.appendFileSync(file, 'nonsense = \n');
+      child.kill('SIGHUP');
+      await waitFor(/reload refused/);
+      assert.equal((await fetch(`http://127.0.0.1:${ports[3]}/healthz`)).status, 200);
     } finally {
       child.kill('SIGTERM');
     }

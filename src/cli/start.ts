@@ -4,6 +4,7 @@
  * without a file). Either everything starts or nothing stays up: a failure closes what already
  * listens and exits 2 with one line saying what and where. Services join here as they land.
  */
+import { spawnSync } from 'node:child_process';
 import * as http from 'node:http';
 import type { Command } from 'commander';
 import { loadConfig, type DimeConfig } from '../config/config.js';
@@ -89,6 +90,44 @@ export async function startSidecar(config: DimeConfig, log: Logger, metricsListe
   return { services, close: closeAll };
 }
 
+/** Settings a running process cannot change: listeners are bound, keys and domain are loaded. */
+const RESTART_ONLY: ((c: DimeConfig) => unknown)[] = [
+  (c) => c.domain,
+  (c) => c.dataDir,
+  (c) => JSON.stringify({ ...c.keystore, pin: undefined }),
+  (c) => c.milter.listen,
+  (c) => JSON.stringify(c.policy),
+  (c) => JSON.stringify(c.relay),
+];
+
+/**
+ * SIGHUP: re-read and validate the configuration. What can change live (the log level) is
+ * applied; anything else is logged as needing a restart. A broken file is logged and ignored: the
+ * running configuration stays, so a reload can never take the sidecar down.
+ */
+function reloadConfig(file: string | undefined, current: DimeConfig, log: Logger): void {
+  let next: DimeConfig;
+  try {
+    next = loadConfig(file);
+  } catch (err) {
+    log.error({ code: isDimeError(err) ? err.code : undefined, err: (err as Error).message }, 'reload refused: the configuration has an error; still running on the previous one');
+    return;
+  }
+  const needRestart = RESTART_ONLY.some((f) => f(next) !== f(current));
+  if (next.log.level !== current.log.level) {
+    log.level = next.log.level;
+    current.log.level = next.log.level;
+  }
+  log.info({ logLevel: log.level, restartNeeded: needRestart }, needRestart ? 'configuration reloaded; listeners, keys or domain changed: restart to apply them' : 'configuration reloaded');
+}
+
+/** systemd Type=notify readiness: Node cannot write to the notify datagram socket, systemd-notify can (NotifyAccess=all). */
+function notifyReady(log: Logger): void {
+  if (!process.env.NOTIFY_SOCKET) return;
+  const r = spawnSync('systemd-notify', ['--ready', `--pid=${process.pid}`], { stdio: 'ignore' });
+  if (r.status !== 0) log.warn({ status: r.status }, 'systemd-notify --ready failed; systemd may time out waiting for readiness');
+}
+
 export function registerStartCommands(program: Command): void {
   program
     .command('start')
@@ -100,9 +139,13 @@ export function registerStartCommands(program: Command): void {
       const log = createLogger({ level: config.log.level });
       const sidecar = await startSidecar(config, log, opts.metrics);
       log.info({ config: config.source ?? 'embedded defaults', services: sidecar.services.map((s) => `${s.name}=${s.address}`) }, 'dime started');
+      notifyReady(log);
+      const reload = () => reloadConfig(opts.config, config, log);
+      process.on('SIGHUP', reload);
       await new Promise<void>((resolve) => {
         const stop = (signal: string) => {
           log.info({ signal }, 'stopping');
+          process.off('SIGHUP', reload);
           void sidecar.close().then(resolve);
         };
         process.once('SIGTERM', () => stop('SIGTERM'));
