@@ -33,6 +33,7 @@ import './signet.js';
 import './message.js';
 import './keystore.js';
 import './dmtp.js';
+import './resolver.js';
 // Add further bench modules below, one import line each.
 
 interface Args {

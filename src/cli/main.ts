@@ -10,6 +10,7 @@ import { registerInitCommands } from './init.js';
 import { registerUserCommands } from './user.js';
 import { registerStartCommands } from './start.js';
 import { registerRelayCommands } from './relay.js';
+import { registerResolveCommands } from './resolve.js';
 import { registerKeysCommands } from './keys.js';
 import { registerMessageCommands } from './message.js';
 import { registerRecordCommands } from './record.js';
@@ -34,6 +35,7 @@ export function buildProgram(): Command {
   registerInitCommands(program);
   registerUserCommands(program);
   registerRelayCommands(program);
+  registerResolveCommands(program);
   return program;
 }
 

@@ -84,8 +84,6 @@ export interface ResolverConfig {
   redisSentinels?: string[];
   redisSentinelName?: string;
   redisCluster?: string[];
-  /** From DIME_REDIS_PASSWORD only (never from the file). */
-  redisPassword?: string;
   redisPrefix: string;
   /** A Redis command slower than this counts as Redis down for that lookup (the in-process cache answers). */
   redisTimeoutMs: number;
@@ -211,7 +209,6 @@ function parseResolverSection(flat: ReadonlyMap<string, string | string[] | numb
     ...(get<string[]>('redis_sentinels') ? { redisSentinels: get<string[]>('redis_sentinels') } : {}),
     ...(get<string>('redis_sentinel_name') ? { redisSentinelName: get<string>('redis_sentinel_name') } : {}),
     ...(get<string[]>('redis_cluster') ? { redisCluster: get<string[]>('redis_cluster') } : {}),
-    ...(env.DIME_REDIS_PASSWORD ? { redisPassword: env.DIME_REDIS_PASSWORD } : {}),
   };
   if (r.servers.length === 0) fail('resolver.servers', 'is empty', fix('servers'), source);
   for (const s of r.servers) {
@@ -309,7 +306,6 @@ export function loadConfig(file?: string, env: NodeJS.ProcessEnv = process.env):
     const c = defaults();
     if (env.DIME_HSM_PIN) c.keystore.pin = env.DIME_HSM_PIN;
     if (env.DIME_LOG_LEVEL) c.log.level = env.DIME_LOG_LEVEL;
-    if (env.DIME_REDIS_PASSWORD) c.resolver.redisPassword = env.DIME_REDIS_PASSWORD;
     return c;
   }
   let text: string;
