@@ -34,6 +34,7 @@ import './message.js';
 import './keystore.js';
 import './dmtp.js';
 import './resolver.js';
+import './milter-postfix.js';
 // Add further bench modules below, one import line each.
 
 interface Args {

@@ -428,6 +428,12 @@ describe('failure classes', () => {
     assert.equal(failureClass(new DimeError('SIGNET_NOT_FOUND')), 'signet-not-found');
     assert.equal(failureClass(new DimeError('HSM_UNAVAILABLE')), 'hsm');
     assert.equal(failureClass(new DimeError('DEADLINE_EXCEEDED')), 'deadline');
+    // The resolver's outcomes land in the classes the operator configures, never in "internal".
+    assert.equal(failureClass(new DimeError('RESOLVE_DEADLINE')), 'deadline');
+    assert.equal(failureClass(new DimeError('DNS_BOGUS')), 'dns');
+    assert.equal(failureClass(new DimeError('RECORD_NOT_DIME')), 'dns');
+    assert.equal(failureClass(new DimeError('RESOLVE_CUSTODY_BROKEN')), 'signet-not-found');
+    assert.equal(failureClass(new DimeError('HSM_BAD_PIN')), 'hsm');
     assert.equal(failureClass(new DimeError('SIGNET_INVALID_SIGNATURE')), 'internal');
     assert.equal(failureClass(new Error('boom')), 'internal');
     assert.equal(failureClass('a string'), 'internal');

@@ -2,8 +2,6 @@
 import { Command, CommanderError } from 'commander';
 import { DimeError } from '../errors.js';
 import { EXIT, ExitStatus, exitStatusFor } from './exit.js';
-// Re-exported for commands written before exit.ts existed; import from exit.js (no cycle).
-export { EXIT, ExitStatus, exitStatusFor };
 import { registerConfigCommands } from './config.js';
 import { registerDemoCommands } from './demo.js';
 import { registerInitCommands } from './init.js';

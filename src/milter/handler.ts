@@ -505,7 +505,21 @@ export const DEFAULT_FAILURE_POLICY: Readonly<FailurePolicy> = Object.freeze({
 /** Error codes that name a class outright; codes not here fall to the prefix rules, then to internal. */
 const CLASS_BY_CODE: Partial<Record<ErrorCode, FailureClass>> = {
   DEADLINE_EXCEEDED: 'deadline',
+  RESOLVE_DEADLINE: 'deadline',
+  SERVICE_DEADLINE: 'deadline',
   SIGNET_NOT_FOUND: 'signet-not-found',
+  // A signet that cannot be fetched or trusted is, for the message, a signet not found.
+  RESOLVE_FETCH_FAILED: 'signet-not-found',
+  RESOLVE_SIGNET_INVALID: 'signet-not-found',
+  RESOLVE_CUSTODY_BROKEN: 'signet-not-found',
+  DMTP_SIGNET_REJECTED: 'signet-not-found',
+  // A management record that cannot be used is a DNS failure, never "no record".
+  RECORD_AMBIGUOUS: 'dns',
+  RECORD_NOT_DIME: 'dns',
+  DMTP_NO_RECORD: 'dns',
+  DMTP_RECORD_BOGUS: 'dns',
+  KEYSTORE_CORRUPT: 'hsm',
+  SEALED_KEY_CORRUPT: 'hsm',
 };
 const CLASS_BY_PREFIX: Array<[prefix: string, cls: FailureClass]> = [
   ['DNS_', 'dns'],

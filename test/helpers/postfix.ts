@@ -71,6 +71,8 @@ export interface PostfixOptions {
   users?: string[];
   /** Keep the scratch directory after stop() (also: DIME_KEEP_POSTFIX=1). */
   keep?: boolean;
+  /** Where the scratch directory is created (default os.tmpdir()); benchmarks put it on a tmpfs. */
+  scratchParent?: string;
 }
 
 export interface Delivered {
@@ -543,7 +545,7 @@ export async function startPostfix(options: PostfixOptions = {}): Promise<Postfi
   const postfixUser = idOf('postfix');
   const nobody = idOf('nobody');
   const keep = options.keep ?? process.env.DIME_KEEP_POSTFIX === '1';
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dime-postfix-'));
+  const dir = fs.mkdtempSync(path.join(options.scratchParent ?? os.tmpdir(), 'dime-postfix-'));
   fs.chmodSync(dir, 0o755);
   const pf = new Instance(dir, options.users ?? ['alice', 'bob'], keep);
   for (const d of [pf.configDir, pf.queueDir, pf.dataDir, pf.mailDir]) fs.mkdirSync(d, { mode: 0o755 });
