@@ -162,7 +162,9 @@ export class MilterServer {
       close: () => {
         if (socket.destroyed) return;
         socket.end(() => socket.destroy());
-        setTimeout(() => socket.destroy(), CLOSE_LINGER).unref();
+        // Released as soon as the socket closes, so closed connections are not kept for the linger time.
+        const linger = setTimeout(() => socket.destroy(), CLOSE_LINGER).unref();
+        socket.once('close', () => clearTimeout(linger));
       },
     };
     const session = new MilterSession(this.config, transport);

@@ -312,6 +312,11 @@ class SessionEnding extends Error {
   }
 }
 
+// Allocated once: an abort reason needs no stack trace, and one per closing connection showed in
+// the Postfix benchmark's profile.
+const CONNECTION_CLOSED = new SessionEnding(false);
+const SERVER_SHUTDOWN = new SessionEnding(true);
+
 interface MessageState {
   rank: number;
   sender: Sender | undefined;
@@ -422,7 +427,7 @@ export class MilterSession {
     if (force) {
       // A running handler loses its race at once; the pump answers TEMPFAIL and then closes.
       this.forced = true;
-      this.endSignal(new SessionEnding(true));
+      this.endSignal(SERVER_SHUTDOWN);
       if (!this.pumping) void this.shutdown(false, 'server closing (grace period over)');
       return;
     }
@@ -515,10 +520,12 @@ export class MilterSession {
       return;
     }
     this.negotiated = n;
-    this.log.debug(
-      { mta: { version, actions: hex(actions), protocol: hex(protocol) }, reply: { version: n.version, actions: hex(n.actions), protocol: hex(n.protocol) } },
-      'negotiated',
-    );
+    if (this.log.isLevelEnabled('debug')) {
+      this.log.debug(
+        { mta: { version, actions: hex(actions), protocol: hex(protocol) }, reply: { version: n.version, actions: hex(n.actions), protocol: hex(n.protocol) } },
+        'negotiated',
+      );
+    }
     await this.send(optnegResponse(n));
   }
 
@@ -1054,7 +1061,7 @@ export class MilterSession {
    */
   private async callQuietly(stage: 'abort' | 'close', call: (ctx: MilterContext) => void | Promise<void>): Promise<void> {
     const controller = new AbortController();
-    if (this.closed) controller.abort(new SessionEnding(false));
+    if (this.closed) controller.abort(CONNECTION_CLOSED);
     let timer: NodeJS.Timeout | undefined;
     const ms = this.cfg.deadlines.command;
     const limit = new Promise<never>((_, reject) => {
@@ -1085,8 +1092,8 @@ export class MilterSession {
     if (this.closed) return;
     this.closed = true;
     this.queue.length = 0;
-    this.endSignal(new SessionEnding(false));
-    for (const c of this.inFlight) c.abort(new SessionEnding(false));
+    this.endSignal(CONNECTION_CLOSED);
+    for (const c of this.inFlight) c.abort(CONNECTION_CLOSED);
     this.log.debug({ reason, graceful }, 'milter connection closing');
     this.transport.close();
     // While a command is being processed the pump finalizes when it returns, so that state is not
