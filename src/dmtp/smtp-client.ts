@@ -12,7 +12,8 @@
  */
 import * as net from 'node:net';
 import { DimeError } from '../errors.js';
-import { ReplyDecoder, type Reply } from './codec.js';
+import type { Reply } from './codec.js';
+import { ReplyStream } from './reply-stream.js';
 
 export type MtaTarget = { kind: 'inet'; host: string; port: number } | { kind: 'unix'; path: string };
 
@@ -116,82 +117,6 @@ export class DotStuffer {
   }
 }
 
-class Connection {
-  private readonly decoder = new ReplyDecoder(SMTP_REPLY_LIMITS);
-  private waiting: { resolve: (r: Reply) => void; reject: (e: Error) => void } | undefined;
-  private failure: Error | undefined;
-
-  constructor(readonly socket: net.Socket) {
-    socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => {
-      try {
-        this.decoder.push(chunk);
-        this.deliver();
-      } catch (err) {
-        this.fail(err as Error);
-      }
-    });
-    socket.on('error', (err) => this.fail(err));
-    socket.on('close', () => this.fail(new Error('the MTA closed the connection')));
-  }
-
-  private fail(err: Error): void {
-    this.failure ??= err;
-    const w = this.waiting;
-    this.waiting = undefined;
-    w?.reject(this.failure);
-  }
-
-  private deliver(): void {
-    if (!this.waiting) return;
-    const reply = this.decoder.next();
-    if (!reply) return;
-    const w = this.waiting;
-    this.waiting = undefined;
-    w.resolve(reply);
-  }
-
-  read(timeoutMs: number): Promise<Reply> {
-    const ready = this.decoder.next();
-    if (ready) return Promise.resolve(ready);
-    if (this.failure) return Promise.reject(this.failure);
-    return new Promise<Reply>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiting = undefined;
-        reject(new Error(`no reply within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.waiting = {
-        resolve: (r) => {
-          clearTimeout(timer);
-          resolve(r);
-        },
-        reject: (e) => {
-          clearTimeout(timer);
-          reject(e);
-        },
-      };
-    });
-  }
-
-  async write(data: string | Buffer): Promise<void> {
-    if (this.failure) throw this.failure;
-    if (this.socket.write(data)) return;
-    await new Promise<void>((resolve, reject) => {
-      const done = () => {
-        this.socket.off('drain', done);
-        this.socket.off('close', closed);
-        resolve();
-      };
-      const closed = () => {
-        this.socket.off('drain', done);
-        reject(this.failure ?? new Error('the MTA closed the connection'));
-      };
-      this.socket.on('drain', done);
-      this.socket.once('close', closed);
-    });
-  }
-}
-
 function connect(target: MtaTarget, timeoutMs: number, signal?: AbortSignal): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const socket = target.kind === 'unix' ? net.connect(target.path) : net.connect({ host: target.host, port: target.port });
@@ -234,7 +159,7 @@ export async function sendMail(message: SmtpMessage): Promise<SmtpOutcome> {
   } catch (err) {
     return { accepted: false, temporary: true, stage, reason: `cannot connect to ${formatMtaTarget(message.target)}: ${(err as Error).message}` };
   }
-  const conn = new Connection(socket);
+  const conn = new ReplyStream(socket, SMTP_REPLY_LIMITS);
   let dotSent = false;
   const onAbort = () => {
     // Before the final dot the MTA discards a partial message; after it, the outcome is the MTA's.
