@@ -13,7 +13,6 @@ import { defaultCrypto } from '../crypto/index.js';
 import { localActorKeys, type ActorKeys } from '../dime/message/index.js';
 import { encryptionKeyOf } from '../dime/signet/index.js';
 import { bytesEqual } from '../dime/bytes.js';
-import { CachingSignetSource, DmtpClient, DnsPeerLocator } from '../dmtp/client.js';
 import { normalizeDomain } from '../dmtp/codec.js';
 import { formatInetSpec, parseInetSpec, startRelay } from '../dmtp/server.js';
 import { DEFAULT_SESSION_LIMITS } from '../dmtp/session.js';
@@ -22,6 +21,7 @@ import { DimeError } from '../errors.js';
 import { openKeystore } from '../keystore/keystore.js';
 import { dataLayout } from '../keystore/layout.js';
 import { FileSignetStore } from '../keystore/signets.js';
+import { ResolverSignetSource, createNetworkResolver } from '../resolver/dmtp-fetcher.js';
 import { createLogger, type Logger } from '../log.js';
 import { readInputFile } from './io.js';
 import { loadKeysFile } from './keys.js';
@@ -102,6 +102,7 @@ export async function openRelay(config: DimeConfig, flags: RelayFlags, log: Logg
   let keys: ActorKeys;
   let encryptionPublicKey: Uint8Array;
   let closeKeys = async (): Promise<void> => {};
+  let closeResolver = async (): Promise<void> => {};
   if (flags.orgKeys) {
     const file = loadKeysFile(flags.orgKeys);
     if (file.type !== 'org') throw new DimeError('USAGE', `${flags.orgKeys} holds user keys, not the organisation's`);
@@ -123,14 +124,16 @@ export async function openRelay(config: DimeConfig, flags: RelayFlags, log: Logg
     const tlsCert = readInputFile(certFile);
     const tlsKey = readInputFile(keyFile);
     if (fs.statSync(keyFile).mode & 0o077) log.warn({ file: keyFile }, 'the relay TLS key is readable by other users; make it mode 0600');
-    const client = new DmtpClient({ crypto, locator: new DnsPeerLocator(), log });
+    // Origin signets come through the resolver: DNSSEC status, tls= pins, cache, chain of custody.
+    const resolver = createNetworkResolver(config.resolver, { crypto, log: log.child({ service: 'resolver' }) });
+    closeResolver = () => resolver.close();
     const relay = await startRelay({
       domain,
       hostname,
       crypto,
       store,
       keys,
-      signets: new CachingSignetSource(client),
+      signets: new ResolverSignetSource(resolver),
       mta,
       tls: { cert: tlsCert, key: tlsKey },
       listen,
@@ -145,10 +148,12 @@ export async function openRelay(config: DimeConfig, flags: RelayFlags, log: Logg
       mta: formatMtaTarget(mta),
       async close() {
         await relay.close();
+        await closeResolver();
         await closeKeys();
       },
     };
   } catch (err) {
+    await closeResolver();
     await closeKeys();
     throw err;
   }

@@ -10,11 +10,10 @@ import type { Command } from 'commander';
 import { loadConfig, type ResolverConfig } from '../config/config.js';
 import { defaultCrypto } from '../crypto/index.js';
 import { base64Encode } from '../dime/base64.js';
-import { DmtpClient } from '../dmtp/client.js';
 import { DimeError, isDimeError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { parseServer } from '../resolver/dns.js';
-import { DmtpSignetFetcher, ResolverPeerLocator } from '../resolver/dmtp-fetcher.js';
+import { createNetworkResolver } from '../resolver/dmtp-fetcher.js';
 import { Resolver, type Resolution, type ResolvedSignet } from '../resolver/resolver.js';
 import { EXIT, ExitStatus, exitStatusFor } from './exit.js';
 
@@ -121,11 +120,7 @@ async function resolve(name: string, opts: ResolveOptions): Promise<void> {
     const config = resolverConfig(opts);
     const log = createLogger({ name: 'dime-resolve', level: process.env.DIME_LOG_LEVEL ?? 'warn' });
     const crypto = defaultCrypto();
-    resolver = new Resolver({ config, crypto, log });
-    // The DMTP client finds DX hosts through the same resolver (record, DNSSEC status, MX, cache);
-    // its timeouts stay inside the resolution deadline.
-    const timeouts = { connectMs: config.deadlineMs, commandMs: config.deadlineMs };
-    resolver.fetcher = new DmtpSignetFetcher(new DmtpClient({ crypto, locator: new ResolverPeerLocator(resolver), timeouts, log }));
+    resolver = createNetworkResolver(config, { crypto, log });
     if (resolver.cache.store.hasRedis) await resolver.cache.store.ready(Math.min(2_000, config.deadlineMs));
     let r: Resolution;
     try {

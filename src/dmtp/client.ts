@@ -20,13 +20,12 @@
  *      (docs/dmtp.md).
  * TLS is 1.2 (ECDHE-RSA-AES256-GCM-SHA384 only, libdime's single suite) or 1.3.
  */
-import { promises as dnsPromises } from 'node:dns';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import type { X509Certificate } from 'node:crypto';
 import type { CryptoBackend } from '../crypto/backend.js';
 import { base64DecodeStrict } from '../dime/base64.js';
-import { parseRecordValue, verifyTlsPin, type DimeRecord } from '../dime/record.js';
+import { verifyTlsPin, type DimeRecord } from '../dime/record.js';
 import { bytesEqual } from '../dime/bytes.js';
 import { CUSTODY_FIELD, decodeSignet, fingerprints, hasField, identifierOf, validateSignet, type Signet } from '../dime/signet/index.js';
 import { DimeError, isDimeError, type ErrorCode } from '../errors.js';
@@ -135,62 +134,6 @@ export class StaticPeerLocator implements PeerLocator {
     if (!loc) throw new DimeError('DMTP_NO_RECORD', `${domain}: not configured`);
     return loc;
   }
-}
-
-/**
- * `_dx.<domain>` TXT and MX through node:dns. node:dns cannot see DNSSEC status (no AD bit), so
- * every record is 'unsigned': peers are then accepted only with a CA-valid certificate for their
- * host name. The resolver issue replaces this with a DNSSEC-aware lookup.
- */
-export class DnsPeerLocator implements PeerLocator {
-  private readonly resolver: dnsPromises.Resolver;
-
-  constructor(private readonly options: { resolver?: dnsPromises.Resolver; ports?: PeerPorts } = {}) {
-    this.resolver = options.resolver ?? new dnsPromises.Resolver();
-  }
-
-  async locate(domain: string): Promise<PeerLocation> {
-    const d = normalizeDomain(domain);
-    let txt: string[][];
-    try {
-      txt = await this.resolver.resolveTxt(`_dx.${d}`);
-    } catch (err) {
-      throw dnsError(err, `_dx.${d} TXT`);
-    }
-    const records: DimeRecord[] = [];
-    const problems: string[] = [];
-    for (const strings of txt) {
-      try {
-        records.push(parseRecordValue(strings.join('')));
-      } catch (err) {
-        problems.push((err as Error).message);
-      }
-    }
-    if (records.length !== 1) {
-      throw new DimeError('DMTP_NO_RECORD', `_dx.${d}: ${records.length === 0 ? `no valid record${problems.length ? ` (${problems.join('; ')})` : ''}` : `${records.length} records; exactly one is allowed`}`);
-    }
-    const record = records[0]!;
-    let mx: string[] = [];
-    if (record.dx.length === 0) {
-      try {
-        mx = (await this.resolver.resolveMx(d))
-          .sort((a, b) => a.priority - b.priority)
-          .map((m) => m.exchange)
-          .filter((h) => h.length > 0 && h !== '.');
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        if (code !== 'ENODATA' && code !== 'ENOTFOUND') throw dnsError(err, `${d} MX`);
-      }
-    }
-    return { domain: d, record, dnssec: 'unsigned', candidates: peerCandidates(d, record, mx, this.options.ports) };
-  }
-}
-
-function dnsError(err: unknown, what: string): DimeError {
-  const code = (err as NodeJS.ErrnoException).code;
-  if (code === 'ENODATA' || code === 'ENOTFOUND') return new DimeError('DMTP_NO_RECORD', `${what}: ${code}`, { cause: err });
-  if (code === 'ETIMEOUT') return new DimeError('DNS_TIMEOUT', what, { cause: err });
-  return new DimeError('DNS_SERVFAIL', `${what}: ${code ?? (err as Error).message}`, { cause: err });
 }
 
 // ------------------------------------------------------------------------------------ trust model

@@ -8,11 +8,14 @@
  *  - ResolverSignetSource: the relay's SignetSource (origin signets for MAIL FROM) backed by the
  *    resolver and its cache.
  */
-import { peerCandidates, type DmtpClient, type DmtpConnection, type PeerLocation, type PeerLocator, type PeerPorts, type SignetSource } from '../dmtp/client.js';
+import type { ResolverConfig } from '../config/config.js';
+import type { CryptoBackend } from '../crypto/backend.js';
+import { DmtpClient, peerCandidates, type DmtpConnection, type PeerLocation, type PeerLocator, type PeerPorts, type SignetSource } from '../dmtp/client.js';
 import type { Signet } from '../dime/signet/index.js';
 import { DimeError } from '../errors.js';
+import type { Logger } from '../log.js';
 import { normalizeDomain, raceSignal } from './dns.js';
-import { parseName, resolutionError, type Resolution, type Resolver, type SignetFetcher, type SignetFetchRequest } from './resolver.js';
+import { Resolver, parseName, resolutionError, type Resolution, type SignetFetcher, type SignetFetchRequest } from './resolver.js';
 
 // ------------------------------------------------------------------------------------ fetcher
 
@@ -146,4 +149,16 @@ export class ResolverSignetSource implements SignetSource {
     if (!a) throw new DimeError('RESOLVE_BAD_NAME', `${JSON.stringify(address)} is not an address`);
     return this.get(a, fingerprint, (r) => r.user?.signet, (r) => r.user?.fingerprints);
   }
+}
+
+/**
+ * The production resolver: DNS (with DNSSEC status) and the cache from the configuration, signets
+ * fetched over DMTP by a client that locates DX hosts through the same resolver. The client's
+ * timeouts stay inside the resolution deadline. Used by `dime resolve`, the relay and `dime start`.
+ */
+export function createNetworkResolver(config: ResolverConfig, options: { crypto: CryptoBackend; log: Logger }): Resolver {
+  const resolver = new Resolver({ config, crypto: options.crypto, log: options.log });
+  const timeouts = { connectMs: config.deadlineMs, commandMs: config.deadlineMs };
+  resolver.fetcher = new DmtpSignetFetcher(new DmtpClient({ crypto: options.crypto, locator: new ResolverPeerLocator(resolver), timeouts, log: options.log }));
+  return resolver;
 }
