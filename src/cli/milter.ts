@@ -9,6 +9,7 @@ import { createLogger } from '../log.js';
 import { passThroughHandler } from '../milter/handler.js';
 import { MilterServer } from '../milter/server.js';
 import { parseSocketSpec } from '../net/socket.js';
+import { stopSignal } from './signals.js';
 
 /** 8899 is the port the loopback rig and the Postfix documentation examples use. */
 export const DEFAULT_LISTEN = 'inet:127.0.0.1:8899';
@@ -33,15 +34,7 @@ async function runMilter(opts: MilterOptions): Promise<void> {
   const address = await server.listen();
   log.info({ event: 'milter.start', listen: address.text, handler: passThroughHandler.name, pid: process.pid }, `dime milter listening on ${address.text}`);
 
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    const stop = (sig: NodeJS.Signals): void => {
-      process.off('SIGTERM', stop);
-      process.off('SIGINT', stop);
-      resolve(sig);
-    };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
-  });
+  const signal = await stopSignal();
   log.info({ event: 'milter.stopping', signal, connections: server.connections }, 'dime milter stopping');
   await server.close();
   log.info({ event: 'milter.stop' }, 'dime milter stopped');

@@ -24,6 +24,7 @@ import {
   type ServiceServer,
 } from '../policy/index.js';
 import { isLoopback, parseSocketSpec } from '../net/socket.js';
+import { stopSignal } from './signals.js';
 
 export const DEFAULT_POLICY_LISTEN = 'inet:127.0.0.1:9998';
 export const DEFAULT_SOCKETMAP_LISTEN = 'inet:127.0.0.1:9997';
@@ -100,15 +101,7 @@ async function runPolicy(opts: PolicyOptions): Promise<void> {
   }
   log.info({ policy: servers[0]!.address, socketmap: servers[1]!.address, darkDomains: domains, route, failureAction: formatPolicyAction(failureAction) }, 'ready');
 
-  await new Promise<void>((resolve) => {
-    const stop = (signal: NodeJS.Signals) => {
-      process.off('SIGTERM', stop);
-      process.off('SIGINT', stop);
-      log.info({ signal }, 'stopping');
-      void Promise.all(servers.map((s) => s.close())).then(() => resolve());
-    };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
-  });
+  log.info({ signal: await stopSignal() }, 'stopping');
+  await Promise.all(servers.map((s) => s.close()));
   log.info('stopped');
 }

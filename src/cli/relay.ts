@@ -25,6 +25,7 @@ import { ResolverSignetSource, createNetworkResolver } from '../resolver/dmtp-fe
 import { createLogger, type Logger } from '../log.js';
 import { readInputFile } from './io.js';
 import { loadKeysFile } from './keys.js';
+import { stopSignal } from './signals.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
@@ -179,15 +180,7 @@ async function runRelay(flags: RelayFlags): Promise<void> {
     `dime relay for ${domain} started`,
   );
 
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    const stop = (sig: NodeJS.Signals): void => {
-      process.off('SIGTERM', stop);
-      process.off('SIGINT', stop);
-      resolve(sig);
-    };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
-  });
+  const signal = await stopSignal();
   log.info({ event: 'relay.stopping', signal, connections: relay.connections }, 'dime relay stopping');
   await opened.close();
   log.info({ event: 'relay.stop' }, 'dime relay stopped');

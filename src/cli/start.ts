@@ -16,6 +16,7 @@ import { formatSocketSpec, listenOn, parseSocketSpec } from '../net/socket.js';
 import { dunnoPolicy, startPolicyServer, startSocketmapServer, staticDarkTable } from '../policy/index.js';
 import { EXIT, ExitStatus } from './exit.js';
 import { openRelay } from './relay.js';
+import { stopSignal } from './signals.js';
 
 export const DEFAULT_METRICS_LISTEN = 'inet:127.0.0.1:9464';
 
@@ -142,15 +143,9 @@ export function registerStartCommands(program: Command): void {
       notifyReady(log);
       const reload = () => reloadConfig(opts.config, config, log);
       process.on('SIGHUP', reload);
-      await new Promise<void>((resolve) => {
-        const stop = (signal: string) => {
-          log.info({ signal }, 'stopping');
-          process.off('SIGHUP', reload);
-          void sidecar.close().then(resolve);
-        };
-        process.once('SIGTERM', () => stop('SIGTERM'));
-        process.once('SIGINT', () => stop('SIGINT'));
-      });
+      log.info({ signal: await stopSignal() }, 'stopping');
+      process.off('SIGHUP', reload);
+      await sidecar.close();
       log.info('dime stopped');
       throw new ExitStatus(EXIT.ok);
     });
