@@ -6,7 +6,7 @@
  * VRFY). Negatives: wrong pin, expired certificate, self-signed without pin, the CA path, bogus
  * DNSSEC, fingerprint mismatches, an unknown recipient, a tampered message, and the MTA refusing
  * (451, 550) or absent: the sender gets 4xx/5xx, never 250, and maps it to retry/fail. One test
- * goes through a real Postfix when test/helpers/postfix.ts and Postfix are available.
+ * goes through a real Postfix (test/helpers/postfix.ts).
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -15,7 +15,6 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as tls from 'node:tls';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { defaultCrypto } from '../src/crypto/index.js';
 import { utf8 } from '../src/dime/bytes.js';
@@ -32,6 +31,7 @@ import { createLogger } from '../src/log.js';
 import { scratchDir } from './helpers/cli.js';
 import { vectorParties } from './helpers/dime-parties.js';
 import { vectorText } from './helpers/vectors.js';
+import { startMailSink, startPostfix, type MailSink } from './helpers/postfix.js';
 
 const crypto = defaultCrypto();
 const p = vectorParties(crypto);
@@ -98,87 +98,6 @@ function record(orgSeed: Uint8Array, pins: Uint8Array[]): DimeRecord {
   };
 }
 
-// ------------------------------------------------------------------------------------ SMTP sink
-
-interface SinkMessage {
-  from: string;
-  to: string[];
-  data: string;
-}
-
-interface Sink {
-  port: number;
-  messages: SinkMessage[];
-  /** What to answer after the final dot. */
-  mode: 'accept' | '451' | '550';
-  close(): Promise<void>;
-}
-
-/** Postfix's stand-in: a strict-enough SMTP server that records what it accepted. */
-async function startSink(): Promise<Sink> {
-  const sockets = new Set<net.Socket>();
-  const sink: Sink = { port: 0, messages: [], mode: 'accept', close: async () => undefined };
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-    socket.on('error', () => undefined);
-    let buf = '';
-    let from = '';
-    let to: string[] = [];
-    let inData = false;
-    const say = (l: string) => socket.write(`${l}\r\n`);
-    say('220 sink.example.org ESMTP test sink');
-    socket.setEncoding('latin1');
-    socket.on('data', (chunk: string) => {
-      buf += chunk;
-      for (;;) {
-        if (inData) {
-          const end = buf.indexOf('\r\n.\r\n');
-          if (end < 0) return;
-          const data = buf.slice(0, end + 2).replace(/^\.\./gm, '.');
-          buf = buf.slice(end + 5);
-          inData = false;
-          if (sink.mode === 'accept') {
-            sink.messages.push({ from, to, data });
-            say(`250 2.0.0 Ok: queued as SINK${sink.messages.length}`);
-          } else if (sink.mode === '451') say('451 4.3.0 Error: queue file write error');
-          else say('550 5.7.1 Message rejected by local policy');
-          continue;
-        }
-        const nl = buf.indexOf('\r\n');
-        if (nl < 0) return;
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 2);
-        const verb = line.slice(0, 4).toUpperCase();
-        if (verb === 'EHLO') say('250-sink.example.org\r\n250-PIPELINING\r\n250 8BITMIME');
-        else if (verb === 'MAIL') {
-          from = /^MAIL FROM:<([^>]*)>$/i.exec(line)?.[1] ?? 'BAD';
-          to = [];
-          say('250 2.1.0 Ok');
-        } else if (verb === 'RCPT') {
-          to.push(/^RCPT TO:<([^>]*)>$/i.exec(line)?.[1] ?? 'BAD');
-          say('250 2.1.5 Ok');
-        } else if (verb === 'DATA') {
-          inData = true;
-          say('354 End data with <CR><LF>.<CR><LF>');
-        } else if (verb === 'QUIT') {
-          say('221 2.0.0 Bye');
-          socket.end();
-          return;
-        } else say('502 5.5.2 Error: command not recognized');
-      }
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  sink.port = (server.address() as net.AddressInfo).port;
-  sink.close = () =>
-    new Promise((resolve) => {
-      for (const s of sockets) s.destroy();
-      server.close(() => resolve());
-    });
-  return sink;
-}
-
 // ------------------------------------------------------------------------------------ the message
 
 const te = (s: string) => utf8.encode(s);
@@ -212,18 +131,18 @@ describe('DMTP relays example.com → example.org', () => {
   /** What example.org's relay knows about example.com's DX (and the reverse). */
   const locatorForOrg = new StaticPeerLocator();
   const locatorForCom = new StaticPeerLocator();
-  let sink: Sink;
+  let sink: MailSink;
   let relayCom: DmtpServer;
   let relayOrg: DmtpServer;
   let clientCom: DmtpClient;
   let clientOrg: DmtpClient;
   const candidate = (host: string, port: number, mode: PeerCandidate['mode'] = 'implicit'): PeerCandidate => ({ host, address: '127.0.0.1', port, mode });
-  const sinkMode = (m: Sink['mode']) => (sink.mode = m);
+  const sinkMode = (m: MailSink['mode']) => (sink.mode = m);
 
   before(async () => {
     for (const s of [p.signets.origin, p.signets.author, rotated]) await storeCom.put(s);
     for (const s of [p.signets.destination, p.signets.recipient]) await storeOrg.put(s);
-    sink = await startSink();
+    sink = await startMailSink();
     const common = { crypto, mta: parseMtaTarget(`inet:127.0.0.1:${sink.port}`), listen: 'inet:127.0.0.1:0', limits: LIMITS, log };
     relayCom = await startRelay({
       ...common,
@@ -267,7 +186,7 @@ describe('DMTP relays example.com → example.org', () => {
     assert.equal(sink.messages.length, before + 1, '250 came after the MTA had the message');
     const got = sink.messages.at(-1)!;
     assert.equal(got.from, '', 'null sender: a bounce must not tell the origin who the recipient is');
-    assert.deepEqual(got.to, ['bob@example.org']);
+    assert.deepEqual(got.recipients, ['bob@example.org']);
     const head = got.data.slice(0, got.data.indexOf('\r\n\r\n'));
     assert.doesNotMatch(head, /^Subject:/im, 'the destination does not know the subject');
     assert.doesNotMatch(got.data, /Secret plans|alice/i, 'nothing the destination may not know');
@@ -525,11 +444,8 @@ describe('DMTP relays example.com → example.org', () => {
     }
   });
 
-  it('hands a message to a real Postfix (skipped without test/helpers/postfix.ts, root or Postfix)', async (t) => {
-    const helper = path.resolve(path.dirname(fileURLToPath(import.meta.url)), 'helpers/postfix.js');
-    if (!fs.existsSync(helper)) return t.skip('test/helpers/postfix.ts is not there yet');
+  it('hands a message to a real Postfix (skipped without root or Postfix)', async (t) => {
     if (process.getuid?.() !== 0 || !fs.existsSync('/usr/sbin/postfix')) return t.skip('needs root and Postfix');
-    const { startPostfix } = (await import(helper)) as typeof import('./helpers/postfix.js');
     const pf = await startPostfix({ users: ['bob@example.org'], main: { virtual_mailbox_domains: 'example.test, example.org' } });
     try {
       const relay = await startRelay({

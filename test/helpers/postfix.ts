@@ -616,6 +616,8 @@ export interface SinkMessage {
 export interface MailSink {
   readonly port: number;
   readonly messages: SinkMessage[];
+  /** What to answer after the final dot: accept (and record), or refuse with 451 or 550 (nothing recorded). */
+  mode: 'accept' | '451' | '550';
   waitForMessages(count: number, timeoutMs?: number): Promise<SinkMessage[]>;
   close(): Promise<void>;
 }
@@ -626,6 +628,18 @@ const SINK_MAX_MESSAGE = 10 * 1024 * 1024;
 export async function startMailSink(): Promise<MailSink> {
   const messages: SinkMessage[] = [];
   const sockets = new Set<net.Socket>();
+  const sink: MailSink & { port: number } = {
+    port: 0,
+    messages,
+    mode: 'accept',
+    waitForMessages: (count, timeoutMs = 10_000) =>
+      waitFor(() => (messages.length >= count ? messages.slice(0, count) : undefined), timeoutMs, `${count} message(s) at the sink`),
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
   const server = net.createServer((socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
@@ -654,9 +668,11 @@ export async function startMailSink(): Promise<MailSink> {
           buf = startEnd === 0 ? buf.slice(3) : buf.slice(end + 5);
           inData = false;
           const data = raw.replace(/^\./gm, '');
-          messages.push({ greeting, from, recipients: rcpts, data });
-          if (greeting === 'LHLO') for (const r of rcpts) reply(`250 2.0.0 <${r}> delivered to the test sink`);
-          else reply('250 2.0.0 delivered to the test sink');
+          const answer =
+            sink.mode === '451' ? '451 4.3.0 test sink: queue file write error' : sink.mode === '550' ? '550 5.7.1 test sink: rejected by local policy' : '250 2.0.0 delivered to the test sink';
+          if (sink.mode === 'accept') messages.push({ greeting, from, recipients: rcpts, data });
+          if (greeting === 'LHLO') for (const r of rcpts) reply(answer.replace(/^(\d{3} \S+ )/, `$1<${r}> `));
+          else reply(answer);
           rcpts = [];
           continue;
         }
@@ -703,18 +719,8 @@ export async function startMailSink(): Promise<MailSink> {
     server.once('error', reject);
     server.listen(0, '127.0.0.1', () => resolve());
   });
-  const port = (server.address() as net.AddressInfo).port;
-  return {
-    port,
-    messages,
-    waitForMessages: (count, timeoutMs = 10_000) =>
-      waitFor(() => (messages.length >= count ? messages.slice(0, count) : undefined), timeoutMs, `${count} message(s) at the sink`),
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  };
+  sink.port = (server.address() as net.AddressInfo).port;
+  return sink;
 }
 
 // ---------------------------------------------------------------------------------------------
