@@ -51,6 +51,11 @@ export const ERROR_CODES = {
   MIME_TOO_LARGE: 'message exceeds the MIME gateway size limit',
   MIME_HEADERS_TOO_LARGE: 'message header block has too many fields or too many bytes',
   MIME_BAD_MANIFEST: 'the structure line in the other-headers chunk does not describe the chunks',
+  // Gateway (outbound): the submission milter and the bundle it queues
+  GATEWAY_BAD_BUNDLE: 'not a well-formed bundle of sealed messages (docs/mail-flow.md)',
+  GATEWAY_NOT_DARK: 'a recipient cannot be reached by DIME as policy requires',
+  GATEWAY_SENDER_CANNOT_SEAL: 'the sender has no key the server may seal with',
+  GATEWAY_REINJECT_FAILED: 'the bundle service did not queue the sealed messages',
   // DMIME messages
   MESSAGE_BAD_HEADERS: 'common headers chunk is not libdime\'s Label: value CRLF form',
   MESSAGE_BAD_ENVELOPE: 'envelope chunk is not the exact libdime line sequence',

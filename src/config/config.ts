@@ -36,7 +36,8 @@ export interface DimeConfig {
   /** Where published signets and sealed user keys live. */
   dataDir: string;
   keystore: KeystoreConfig;
-  milter: { listen: string };
+  milter: { listen: string; failure: Partial<Record<string, string>> };
+  gateway: GatewayConfig;
   policy: { listen: string; socketmap: string };
   relay: { listen: string; dualListen?: string; tlsCert?: string; tlsKey?: string; mta: string; hostname?: string };
   log: { level: string };
@@ -89,6 +90,25 @@ export interface ResolverConfig {
   redisTimeoutMs: number;
 }
 
+/** The mail flow (docs/mail-flow.md): what the milter does with outbound and inbound DIME mail. */
+export interface GatewayConfig {
+  /** Seal for trustful senders on authenticated submissions. */
+  outbound: boolean;
+  /** Verify DIME mail for local recipients; decrypt it for trustful ones. */
+  inbound: boolean;
+  /** The milter-free Postfix smtpd the bundles are re-injected through. */
+  bundleService: string;
+  /** Further domains delivered on this host: never resolved, never sealed for. */
+  localDomains: string[];
+  /** Senders (addresses, @domain) whose mail must go dark; destinations (domains) that must be reached dark. */
+  requireDimeSenders: string[];
+  requireDimeDestinations: string[];
+  /** A forged or invalid DIME message: rejected (550) or quarantined (Postfix hold queue). */
+  invalid: 'reject' | 'quarantine';
+  /** Legacy mail for our domain while our record says pol=strict: refused at RCPT by the policy service, or accepted. */
+  strictInbound: 'refuse' | 'accept';
+}
+
 export const DEFAULT_CONFIG_PATH = '/etc/dime/dime.toml';
 
 type Spec = { type: 'string' | 'string[]' | 'number'; values?: readonly string[]; min?: number; max?: number; fix: string };
@@ -107,7 +127,24 @@ const SCHEMA: Record<string, Record<string, Spec>> = {
     pin_file: { type: 'string', fix: 'a file holding the user PIN (mode 0600), or set DIME_HSM_PIN' },
     label: { type: 'string', fix: 'the prefix of the key labels inside the token, e.g. label = "dime" (letters, digits, . _ -)' },
   },
-  milter: { listen: { type: 'string', fix: 'inet:HOST:PORT or unix:PATH, e.g. listen = "inet:127.0.0.1:8899"' } },
+  milter: {
+    listen: { type: 'string', fix: 'inet:HOST:PORT or unix:PATH, e.g. listen = "inet:127.0.0.1:8899"' },
+    on_internal: { type: 'string', values: ['tempfail', 'accept', 'reject', 'quarantine'], fix: 'on_internal = "tempfail" (the default: Postfix keeps the mail and retries), "accept", "reject" or "quarantine"' },
+    on_dns: { type: 'string', values: ['tempfail', 'accept', 'reject', 'quarantine'], fix: 'on_dns = "tempfail" (SERVFAIL, timeout, bogus), "accept", "reject" or "quarantine"' },
+    on_signet_not_found: { type: 'string', values: ['tempfail', 'accept', 'reject', 'quarantine'], fix: 'on_signet_not_found = "tempfail", "accept", "reject" or "quarantine"' },
+    on_hsm: { type: 'string', values: ['tempfail', 'accept', 'reject', 'quarantine'], fix: 'on_hsm = "tempfail", "accept", "reject" or "quarantine"' },
+    on_deadline: { type: 'string', values: ['tempfail', 'accept', 'reject', 'quarantine'], fix: 'on_deadline = "tempfail", "accept", "reject" or "quarantine"' },
+  },
+  gateway: {
+    outbound: { type: 'string', values: ['on', 'off'], fix: 'outbound = "on" (seal for trustful senders on authenticated submissions) or "off"' },
+    inbound: { type: 'string', values: ['on', 'off'], fix: 'inbound = "on" (verify DIME mail, decrypt it for trustful users) or "off"' },
+    bundle_service: { type: 'string', fix: 'the milter-free Postfix smtpd that queues sealed mail (postfix-examples/master.cf), e.g. bundle_service = "inet:127.0.0.1:10027"' },
+    local_domains: { type: 'string[]', fix: 'further domains delivered here, e.g. local_domains = ["lists.example.com"]' },
+    require_dime_senders: { type: 'string[]', fix: 'senders whose mail must go dark, e.g. require_dime_senders = ["ceo@example.com", "@legal.example.com"]' },
+    require_dime_destinations: { type: 'string[]', fix: 'destination domains that must be reached dark, e.g. require_dime_destinations = ["partner.example"]' },
+    invalid: { type: 'string', values: ['reject', 'quarantine'], fix: 'invalid = "reject" (550 to the sender) or "quarantine" (Postfix hold queue)' },
+    strict_inbound: { type: 'string', values: ['refuse', 'accept'], fix: 'strict_inbound = "refuse" (legacy mail refused while our record says pol=strict) or "accept"' },
+  },
   policy: {
     listen: { type: 'string', fix: 'inet:HOST:PORT or unix:PATH for check_policy_service' },
     socketmap: { type: 'string', fix: 'inet:HOST:PORT or unix:PATH for transport_maps = socketmap:…' },
@@ -175,7 +212,17 @@ function defaults(dataDir = '/var/lib/dime'): DimeConfig {
   return {
     dataDir,
     keystore: { type: 'file', file: path.join(dataDir, 'org.keys') },
-    milter: { listen: 'inet:127.0.0.1:8899' },
+    milter: { listen: 'inet:127.0.0.1:8899', failure: {} },
+    gateway: {
+      outbound: true,
+      inbound: true,
+      bundleService: 'inet:127.0.0.1:10027',
+      localDomains: [],
+      requireDimeSenders: [],
+      requireDimeDestinations: [],
+      invalid: 'reject',
+      strictInbound: 'refuse',
+    },
     policy: { listen: 'inet:127.0.0.1:9998', socketmap: 'inet:127.0.0.1:9997' },
     relay: { listen: 'inet:127.0.0.1:26', mta: 'inet:127.0.0.1:25' },
     log: { level: 'info' },
@@ -275,6 +322,21 @@ export function parseConfig(text: string, source: string, env: NodeJS.ProcessEnv
   }
   if (c.keystore.label !== undefined && !/^[A-Za-z0-9._-]{1,32}$/.test(c.keystore.label)) fail('keystore.label', `is ${JSON.stringify(c.keystore.label)}`, SCHEMA.keystore!.label!.fix, source);
   c.milter.listen = str('milter.listen') ?? c.milter.listen;
+  for (const cls of ['internal', 'dns', 'signet_not_found', 'hsm', 'deadline']) {
+    const v = str(`milter.on_${cls}`);
+    if (v !== undefined) c.milter.failure[cls.replace(/_/g, '-')] = v;
+  }
+  const list = (k: string): string[] | undefined => flat.get(k) as string[] | undefined;
+  c.gateway = {
+    outbound: (str('gateway.outbound') ?? 'on') === 'on',
+    inbound: (str('gateway.inbound') ?? 'on') === 'on',
+    bundleService: str('gateway.bundle_service') ?? c.gateway.bundleService,
+    localDomains: (list('gateway.local_domains') ?? []).map((d) => d.toLowerCase()),
+    requireDimeSenders: list('gateway.require_dime_senders') ?? [],
+    requireDimeDestinations: (list('gateway.require_dime_destinations') ?? []).map((d) => d.toLowerCase()),
+    invalid: (str('gateway.invalid') as GatewayConfig['invalid']) ?? 'reject',
+    strictInbound: (str('gateway.strict_inbound') as GatewayConfig['strictInbound']) ?? 'refuse',
+  };
   c.policy.listen = str('policy.listen') ?? c.policy.listen;
   c.policy.socketmap = str('policy.socketmap') ?? c.policy.socketmap;
   c.relay = {
@@ -287,7 +349,7 @@ export function parseConfig(text: string, source: string, env: NodeJS.ProcessEnv
   };
   if (c.relay.hostname !== undefined && !/^[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?$/.test(c.relay.hostname)) fail('relay.hostname', `is ${JSON.stringify(c.relay.hostname)}`, SCHEMA.relay!.hostname!.fix, source);
   if (!!c.relay.tlsCert !== !!c.relay.tlsKey) fail(c.relay.tlsCert ? 'relay.tls_key' : 'relay.tls_cert', 'is missing', 'give both relay.tls_cert and relay.tls_key', source);
-  for (const key of ['milter.listen', 'policy.listen', 'policy.socketmap', 'relay.listen', 'relay.dual_listen', 'relay.mta']) {
+  for (const key of ['milter.listen', 'gateway.bundle_service', 'policy.listen', 'policy.socketmap', 'relay.listen', 'relay.dual_listen', 'relay.mta']) {
     const v = str(key);
     if (v !== undefined && !/^(inet:[^\s]+:\d{1,5}|unix:\/[^\s]*)$/.test(v)) fail(key, `is ${JSON.stringify(v)}`, 'use inet:HOST:PORT or unix:/absolute/path', source);
   }
@@ -331,6 +393,13 @@ export function renderConfig(c: DimeConfig): string {
     '',
     '[milter]',
     `listen = ${q(c.milter.listen)}`,
+    '',
+    '[gateway]   # docs/mail-flow.md',
+    `outbound = ${q(c.gateway.outbound ? 'on' : 'off')}`,
+    `inbound = ${q(c.gateway.inbound ? 'on' : 'off')}`,
+    `bundle_service = ${q(c.gateway.bundleService)}   # postfix-examples/master.cf: the milter-free smtpd with content_filter = dmtp:…`,
+    `invalid = ${q(c.gateway.invalid)}`,
+    `strict_inbound = ${q(c.gateway.strictInbound)}`,
     '',
     '[policy]',
     `listen = ${q(c.policy.listen)}`,
