@@ -221,6 +221,20 @@ describe('outbound: sealing on the submission path', () => {
     assert.equal(sink.messages.length, before, 'nothing queued for a refused message');
   });
 
+  it('a trustful sender address that is not the authenticated user: refused, nothing signed', async () => {
+    const client = await MilterClient.connect({ port });
+    try {
+      await client.negotiate();
+      client.macro('C', { '{auth_authen}': 'dave@a.test' });
+      await client.connectEvent();
+      const { headers, body } = split(MESSAGE);
+      const eom = (await client.sendMessage({ from: '<alice@a.test>', rcpts: ['<bob@b.test>'], headers, body })).eom!;
+      assert.match((eom.final as { reply: string }).reply, /^550 5\.7\.1 <alice@a\.test>: sender address is not the authenticated user/);
+    } finally {
+      client.destroy();
+    }
+  });
+
   it('an ordinary sender (no DIME account) reaches a non-strict dark domain in plaintext', async () => {
     const eom = await submit('dave@a.test', ['bob@b.test']);
     assert.equal(eom.final.type, 'continue');

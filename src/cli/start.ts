@@ -15,6 +15,7 @@ import { startMilterServer } from '../milter/server.js';
 import { formatSocketSpec, listenOn, parseSocketSpec } from '../net/socket.js';
 import { dunnoPolicy, startPolicyServer, startSocketmapServer, staticDarkTable } from '../policy/index.js';
 import { EXIT, ExitStatus } from './exit.js';
+import { openGateway, type OpenedGateway } from '../gateway/open.js';
 import { openRelay } from './relay.js';
 import { stopSignal } from './signals.js';
 
@@ -67,8 +68,24 @@ export async function startSidecar(config: DimeConfig, log: Logger, metricsListe
       throw new DimeError(isDimeError(err) ? err.code : 'USAGE', `${name} on ${where}: ${(err as Error).message}`, { cause: err });
     }
   };
+  // The gateway needs a dark domain (dime init); without one the milter passes mail through.
+  let gateway: OpenedGateway | undefined;
+  if (config.domain && (config.gateway.outbound || config.gateway.inbound)) {
+    await start('gateway', config.keystore.type === 'file' ? config.keystore.file : `${config.keystore.module} token ${config.keystore.token}`, async () => {
+      const g = await openGateway(config, log);
+      gateway = g;
+      return { name: 'gateway', address: config.gateway.bundleService, close: () => g.close() };
+    });
+  } else {
+    log.info('gateway off: the configuration has no domain (dime init), so the milter passes every message through');
+  }
   await start('milter', config.milter.listen, async () => {
-    const m = await startMilterServer({ listen: config.milter.listen, logger: log.child({ service: 'milter' }) });
+    const m = await startMilterServer({
+      listen: config.milter.listen,
+      logger: log.child({ service: 'milter' }),
+      failurePolicy: config.milter.failure,
+      ...(gateway ? { handler: gateway.handler } : {}),
+    });
     return { name: 'milter', address: m.address!.text, close: () => m.close() };
   });
   await start('policy', config.policy.listen, async () => {
@@ -97,6 +114,8 @@ const RESTART_ONLY: ((c: DimeConfig) => unknown)[] = [
   (c) => c.dataDir,
   (c) => JSON.stringify({ ...c.keystore, pin: undefined }),
   (c) => c.milter.listen,
+  (c) => JSON.stringify(c.milter.failure),
+  (c) => JSON.stringify(c.gateway),
   (c) => JSON.stringify(c.policy),
   (c) => JSON.stringify(c.relay),
 ];

@@ -92,6 +92,13 @@ function gatewayError(code: ErrorCode, detail: string): DimeError {
   return new DimeError(code, detail);
 }
 
+/** SASL login names come as `alice` or `alice@domain` depending on the realm setup. */
+function sameUser(login: string, sender: string, domain: string): boolean {
+  const l = login.toLowerCase();
+  const full = l.includes('@') ? l : `${l}@${domain}`;
+  return full === sender.toLowerCase();
+}
+
 export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext, message: MilterMessage) => Promise<EomResult> {
   const ourDomain = o.domain.toLowerCase();
   const local = new Set([ourDomain, ...(o.localDomains ?? []).map((d) => d.toLowerCase())]);
@@ -148,6 +155,11 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
       const k = r.address.toLowerCase();
       return seen.has(k) ? false : (seen.add(k), true);
     });
+    // The author signature is the sender's: only the account that authenticated may sign as it.
+    if (sender.kind === 'trustful' && !sameUser(ctx.macro('auth_authen') ?? '', senderAddress, ourDomain)) {
+      log.warn({ event: 'gateway.outbound.sender_mismatch', code: 'GATEWAY_SENDER_CANNOT_SEAL', queueId: message.queueId, sender: senderAddress }, 'sender is not the authenticated user');
+      return verdict.reply('550', `<${senderAddress}>: sender address is not the authenticated user's; the server signs only as the account that logged in`, '5.7.1');
+    }
     const decisions = await Promise.all(recipients.map((r) => decide(sender, r, ctx.signal)));
     const refused = decisions.filter((d): d is Extract<Decision, { kind: 'refuse' }> => d.kind === 'refuse');
     if (refused.length > 0) {
