@@ -56,6 +56,20 @@ export const ERROR_CODES = {
   GATEWAY_NOT_DARK: 'a recipient cannot be reached by DIME as policy requires',
   GATEWAY_SENDER_CANNOT_SEAL: 'the sender has no key the server may seal with',
   GATEWAY_REINJECT_FAILED: 'the bundle service did not queue the sealed messages',
+  // Gateway (inbound): what the inbound milter finds wrong with DIME mail (src/gateway/inbound.ts).
+  // All but the last are refusals by the invalid policy (reject or quarantine), never a tempfail.
+  GATEWAY_BAD_WRAPPER: 'the DIME part cannot be read (not base64, not one application/x-dime-message part, or a broken MIME structure)',
+  GATEWAY_UNDECODABLE: 'the DMIME object inside the message does not parse',
+  GATEWAY_TOO_MANY_RECIPIENTS: 'a DIME message arrived for several envelope recipients; a DMIME object is for exactly one',
+  GATEWAY_NOT_LOCAL_RECIPIENT: 'the envelope recipient is not a current user of our dark domain',
+  GATEWAY_NOT_FOR_RECIPIENT: "the message does not open with the recipient's keys (or the organisation's, for a sealed account)",
+  GATEWAY_RECIPIENT_MISMATCH: 'the DMIME envelope names another recipient than the SMTP envelope',
+  GATEWAY_WRONG_DESTINATION: 'the DMIME envelope names another destination domain than ours',
+  GATEWAY_ORIGIN_MISMATCH: "the author's address is not in the origin domain",
+  GATEWAY_NOT_OUR_SIGNET: 'the envelope names a destination or recipient signet we never published',
+  GATEWAY_UNKNOWN_SIGNET: 'the author or origin signet the envelope names does not exist or does not validate',
+  GATEWAY_VERIFY_FAILED: 'a signature or structural check of the DMIME message failed',
+  GATEWAY_UNREPRESENTABLE: 'the decrypted original cannot be written back through the milter exactly, so it stays sealed',
   // DMIME messages
   MESSAGE_BAD_HEADERS: 'common headers chunk is not libdime\'s Label: value CRLF form',
   MESSAGE_BAD_ENVELOPE: 'envelope chunk is not the exact libdime line sequence',
@@ -118,6 +132,16 @@ export const ERROR_CODES = {
   DMTP_MTA_TEMPFAIL: 'the local MTA refused the message temporarily (4xx)',
   DMTP_MTA_REJECTED: 'the local MTA refused the message permanently (5xx)',
   DMTP_SHUTTING_DOWN: 'the relay is stopping',
+  // LMTP (src/dmtp/lmtp.ts, src/dmtp/outbound.ts): Postfix's dmtp transport hands bundles to the relay
+  LMTP_LINE_TOO_LONG: 'LMTP command line exceeds the line length limit',
+  LMTP_BAD_CHARACTER: 'LMTP command holds a control character, NUL or a byte outside ASCII',
+  LMTP_UNKNOWN_COMMAND: 'LMTP command verb is not recognised',
+  LMTP_BAD_SYNTAX: 'LMTP command arguments match none of the accepted forms',
+  LMTP_BAD_PARAMETER: 'MAIL FROM or RCPT TO parameter that this LMTP server does not offer',
+  LMTP_BAD_REPLY: 'LMTP reply with an invalid code or enhanced status code',
+  LMTP_NOT_LOOPBACK: 'the LMTP listener has no authentication: it binds loopback or a unix socket unless explicitly allowed',
+  LMTP_NOT_BUNDLE: 'the message handed to the relay is not a DIME bundle, or holds no DIME message for the recipient',
+  LMTP_ORIGIN_MISMATCH: 'a bundle part names another origin domain than ours',
   // Resolver (src/resolver/): DNS_SERVFAIL and DNS_TIMEOUT above are also the resolver's
   RESOLVE_DEADLINE: 'the signet resolution did not finish before its deadline: the answer is unknown (tempfail), never "no signet"',
   RESOLVE_BAD_NAME: 'not a domain name or a user@domain address the resolver can look up',

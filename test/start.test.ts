@@ -106,7 +106,7 @@ describe('dime start', () => {
         await new Promise((r) => setTimeout(r, 50));
       }
       const health = (await (await fetch(`http://127.0.0.1:${ports[4]}/healthz`)).json()) as { services: { name: string }[] };
-      assert.deepEqual(health.services.map((s) => s.name), ['gateway', 'milter', 'policy', 'socketmap', 'relay', 'metrics']);
+      assert.deepEqual(health.services.map((s) => s.name), ['gateway', 'milter', 'policy', 'socketmap', 'relay', 'lmtp', 'metrics']);
       // The relay greets with DMTPv1 over TLS on its port.
       const { connect } = await import('node:tls');
       const banner = await new Promise<string>((resolve, reject) => {

@@ -17,6 +17,8 @@ import { dunnoPolicy, startPolicyServer, startSocketmapServer, staticDarkTable }
 import { EXIT, ExitStatus } from './exit.js';
 import { openGateway, type OpenedGateway } from '../gateway/open.js';
 import { openRelay } from './relay.js';
+import { openLmtpRelay } from './lmtp.js';
+import { createStrictInboundPolicy } from '../policy/dime-policy.js';
 import { stopSignal } from './signals.js';
 
 export const DEFAULT_METRICS_LISTEN = 'inet:127.0.0.1:9464';
@@ -89,7 +91,10 @@ export async function startSidecar(config: DimeConfig, log: Logger, metricsListe
     return { name: 'milter', address: m.address!.text, close: () => m.close() };
   });
   await start('policy', config.policy.listen, async () => {
-    const p = await startPolicyServer({ listen: config.policy.listen, handler: dunnoPolicy, logger: log });
+    const handler = gateway
+      ? createStrictInboundPolicy({ domain: config.domain!, localPolicy: () => gateway!.localPolicy(), refuse: config.gateway.strictInbound === 'refuse', log: log.child({ service: 'policy' }) })
+      : dunnoPolicy;
+    const p = await startPolicyServer({ listen: config.policy.listen, handler, logger: log });
     return { name: 'policy', address: p.address, close: () => p.close() };
   });
   await start('socketmap', config.policy.socketmap, async () => {
@@ -100,6 +105,10 @@ export async function startSidecar(config: DimeConfig, log: Logger, metricsListe
     await start('relay', config.relay.listen, async () => {
       const r = await openRelay(config, {}, log.child({ service: 'relay' }));
       return { name: 'relay', address: config.relay.listen, close: () => r.close() };
+    });
+    await start('lmtp', config.relay.lmtpListen, async () => {
+      const l = await openLmtpRelay(config, log.child({ service: 'lmtp' }), gateway ? { resolver: gateway.resolver } : {});
+      return { name: 'lmtp', address: l.address, close: () => l.close() };
     });
   } else {
     log.info('relay not started: the configuration has no domain or no [relay] tls_cert/tls_key (dime init writes both)');

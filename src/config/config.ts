@@ -39,7 +39,7 @@ export interface DimeConfig {
   milter: { listen: string; failure: Partial<Record<string, string>> };
   gateway: GatewayConfig;
   policy: { listen: string; socketmap: string };
-  relay: { listen: string; dualListen?: string; tlsCert?: string; tlsKey?: string; mta: string; hostname?: string };
+  relay: { listen: string; dualListen?: string; tlsCert?: string; tlsKey?: string; mta: string; hostname?: string; lmtpListen: string };
   log: { level: string };
   resolver: ResolverConfig;
   /** The file this came from, or undefined for embedded defaults. */
@@ -156,6 +156,7 @@ const SCHEMA: Record<string, Record<string, Spec>> = {
     tls_key: { type: 'string', fix: 'the relay private key (PEM)' },
     mta: { type: 'string', fix: 'where inbound DIME mail is handed over (Postfix SMTP), e.g. mta = "inet:127.0.0.1:10025"' },
     hostname: { type: 'string', fix: 'the relay host name in banners and Received headers (the DX host name), e.g. hostname = "dx.example.com"' },
+    lmtp_listen: { type: 'string', fix: 'where Postfix\'s dmtp (LMTP) transport delivers bundles, loopback or unix only, e.g. lmtp_listen = "inet:127.0.0.1:10026" (content_filter = dmtp:inet:127.0.0.1:10026)' },
   },
   log: { level: { type: 'string', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace'], fix: 'level = "info"' } },
   resolver: {
@@ -224,7 +225,7 @@ function defaults(dataDir = '/var/lib/dime'): DimeConfig {
       strictInbound: 'refuse',
     },
     policy: { listen: 'inet:127.0.0.1:9998', socketmap: 'inet:127.0.0.1:9997' },
-    relay: { listen: 'inet:127.0.0.1:26', mta: 'inet:127.0.0.1:25' },
+    relay: { listen: 'inet:127.0.0.1:26', mta: 'inet:127.0.0.1:25', lmtpListen: 'inet:127.0.0.1:10026' },
     log: { level: 'info' },
     resolver: { ...DEFAULT_RESOLVER, servers: [...DEFAULT_RESOLVER.servers] },
   };
@@ -342,6 +343,7 @@ export function parseConfig(text: string, source: string, env: NodeJS.ProcessEnv
   c.relay = {
     listen: str('relay.listen') ?? c.relay.listen,
     mta: str('relay.mta') ?? c.relay.mta,
+    lmtpListen: str('relay.lmtp_listen') ?? c.relay.lmtpListen,
     ...(str('relay.dual_listen') ? { dualListen: str('relay.dual_listen') } : {}),
     ...(str('relay.tls_cert') ? { tlsCert: str('relay.tls_cert') } : {}),
     ...(str('relay.tls_key') ? { tlsKey: str('relay.tls_key') } : {}),
@@ -349,7 +351,7 @@ export function parseConfig(text: string, source: string, env: NodeJS.ProcessEnv
   };
   if (c.relay.hostname !== undefined && !/^[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?$/.test(c.relay.hostname)) fail('relay.hostname', `is ${JSON.stringify(c.relay.hostname)}`, SCHEMA.relay!.hostname!.fix, source);
   if (!!c.relay.tlsCert !== !!c.relay.tlsKey) fail(c.relay.tlsCert ? 'relay.tls_key' : 'relay.tls_cert', 'is missing', 'give both relay.tls_cert and relay.tls_key', source);
-  for (const key of ['milter.listen', 'gateway.bundle_service', 'policy.listen', 'policy.socketmap', 'relay.listen', 'relay.dual_listen', 'relay.mta']) {
+  for (const key of ['milter.listen', 'gateway.bundle_service', 'policy.listen', 'policy.socketmap', 'relay.listen', 'relay.dual_listen', 'relay.mta', 'relay.lmtp_listen']) {
     const v = str(key);
     if (v !== undefined && !/^(inet:[^\s]+:\d{1,5}|unix:\/[^\s]*)$/.test(v)) fail(key, `is ${JSON.stringify(v)}`, 'use inet:HOST:PORT or unix:/absolute/path', source);
   }
@@ -411,6 +413,7 @@ export function renderConfig(c: DimeConfig): string {
     ...(c.relay.tlsCert ? [`tls_cert = ${q(c.relay.tlsCert)}`, `tls_key = ${q(c.relay.tlsKey!)}`] : []),
     `mta = ${q(c.relay.mta)}`,
     ...(c.relay.hostname ? [`hostname = ${q(c.relay.hostname)}`] : []),
+    `lmtp_listen = ${q(c.relay.lmtpListen)}   # Postfix's dmtp transport: content_filter = dmtp:${c.relay.lmtpListen}`,
     '',
     '[log]',
     `level = ${q(c.log.level)}`,

@@ -12,7 +12,10 @@ import type { MilterHandler } from '../milter/handler.js';
 import { createNetworkResolver } from '../resolver/dmtp-fetcher.js';
 import type { Resolver } from '../resolver/resolver.js';
 import { createDimeHandler, type DimeHandlerOptions } from './handler.js';
+import { createInboundProcessor, INBOUND_ACTIONS } from './inbound.js';
 import { createOutboundProcessor, OUTBOUND_ACTIONS } from './outbound.js';
+import { ResolverSignetSource } from '../resolver/dmtp-fetcher.js';
+import type { RecordPolicy } from '../dime/record.js';
 
 /** The bundle service is Postfix on this host: a local answer is quick, a stuck one must not hold the milter. */
 const REINJECT_TIMEOUTS = { connectMs: 10_000, commandMs: 30_000, dataEndMs: 60_000 };
@@ -20,6 +23,8 @@ const REINJECT_TIMEOUTS = { connectMs: 10_000, commandMs: 30_000, dataEndMs: 60_
 export interface OpenedGateway {
   handler: MilterHandler;
   resolver: Resolver;
+  /** Our own published pol= (undefined: we publish no record); for the strict-inbound policy. */
+  localPolicy(): Promise<RecordPolicy | undefined>;
   close(): Promise<void>;
 }
 
@@ -48,9 +53,32 @@ export async function openGateway(config: DimeConfig, log: Logger): Promise<Open
       }),
     };
   }
+  if (config.gateway.inbound) {
+    options.inbound = {
+      actions: INBOUND_ACTIONS,
+      process: createInboundProcessor({
+        domain: org.domain,
+        hostname,
+        crypto: org.crypto,
+        users: org.users,
+        store: org.signets,
+        signets: new ResolverSignetSource(resolver),
+        orgKeys: org.keystore.actorKeys,
+        invalid: config.gateway.invalid,
+        log: log.child({ service: 'gateway', direction: 'inbound' }),
+      }),
+    };
+  }
   return {
     handler: createDimeHandler(options),
     resolver,
+    async localPolicy(): Promise<RecordPolicy | undefined> {
+      // What the world sees of us: our own _dx record through the same resolver (cached).
+      const res = await resolver.resolve(org.domain, { recordOnly: true });
+      if (res.status === 'no-record') return undefined;
+      if (!res.record) throw new DimeError(res.error?.code ?? 'RESOLVE_DEADLINE', `our own record _dx.${org.domain}: ${res.error?.message ?? res.status}`);
+      return res.record.policy;
+    },
     async close() {
       await resolver.close();
       await org.close();

@@ -71,6 +71,8 @@ export interface PostfixOptions {
   users?: string[];
   /** Keep the scratch directory after stop() (also: DIME_KEEP_POSTFIX=1). */
   keep?: boolean;
+  /** The virtual mailbox domain the instance delivers for (default RIG_DOMAIN); two instances can be two domains. */
+  domain?: string;
   /** Where the scratch directory is created (default os.tmpdir()); benchmarks put it on a tmpfs. */
   scratchParent?: string;
 }
@@ -235,7 +237,7 @@ class Instance implements Postfix {
   readonly dataDir: string;
   readonly mailDir: string;
   readonly logFile: string;
-  readonly domain = RIG_DOMAIN;
+  readonly domain: string;
   smtpPort = 0;
   watchdog: number | undefined;
   private stopped = false;
@@ -246,7 +248,9 @@ class Instance implements Postfix {
     readonly dir: string,
     users: string[],
     private readonly keep: boolean,
+    domain: string = RIG_DOMAIN,
   ) {
+    this.domain = domain.toLowerCase();
     this.configDir = path.join(dir, 'config');
     this.queueDir = path.join(dir, 'queue');
     this.dataDir = path.join(dir, 'data');
@@ -547,7 +551,7 @@ export async function startPostfix(options: PostfixOptions = {}): Promise<Postfi
   const keep = options.keep ?? process.env.DIME_KEEP_POSTFIX === '1';
   const dir = fs.mkdtempSync(path.join(options.scratchParent ?? os.tmpdir(), 'dime-postfix-'));
   fs.chmodSync(dir, 0o755);
-  const pf = new Instance(dir, options.users ?? ['alice', 'bob'], keep);
+  const pf = new Instance(dir, options.users ?? ['alice', 'bob'], keep, options.domain);
   for (const d of [pf.configDir, pf.queueDir, pf.dataDir, pf.mailDir]) fs.mkdirSync(d, { mode: 0o755 });
   fs.chownSync(pf.dataDir, postfixUser.uid, postfixUser.gid);
   fs.chownSync(pf.mailDir, nobody.uid, nobody.gid);
