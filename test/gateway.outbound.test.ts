@@ -254,6 +254,14 @@ describe('outbound: sealing on the submission path', () => {
     assert.equal(sink.messages.length, before);
   });
 
+  it('a header block beyond the gateway limits: a permanent 552, nothing queued', async () => {
+    const before = sink.messages.length;
+    const many = Array.from({ length: 5001 }, (_, i) => `X-Trace-${i}: ${i}`).join('\r\n');
+    const eom = await submit('alice@a.test', ['bob@b.test'], MESSAGE.replace('X-Folded: first line', `${many}\r\nX-Folded: first line`));
+    assert.match((eom.final as { reply: string }).reply, /^552 5\.3\.4 message too large to send by DIME/);
+    assert.equal(sink.messages.length, before);
+  });
+
   it('unauthenticated mail is not outbound: no handler for it here, untouched', async () => {
     const eom = await submit('alice@a.test', ['bob@b.test'], MESSAGE, false);
     assert.equal(eom.final.type, 'continue');

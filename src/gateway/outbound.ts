@@ -177,7 +177,17 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
     if (!authorSignet) throw gatewayError('SIGNET_NOT_FOUND', `${senderAddress}: no published user signet`);
     if (!originSignet) throw gatewayError('SIGNET_NOT_FOUND', `${ourDomain}: no published organisational signet`);
     const body = await message.body.bytes();
-    const parts = mimeToParts(rawMessage(ctx, message, body));
+    let parts: ReturnType<typeof mimeToParts>;
+    try {
+      parts = mimeToParts(rawMessage(ctx, message, body));
+    } catch (err) {
+      // Beyond the gateway's limits: retrying cannot help, so a permanent refusal rather than a tempfail.
+      if (isDimeError(err) && (err.code === 'MIME_TOO_LARGE' || err.code === 'MIME_HEADERS_TOO_LARGE')) {
+        log.info({ event: 'gateway.outbound.refused', code: err.code, queueId: message.queueId }, 'message too large to seal');
+        return verdict.reply('552', `message too large to send by DIME: ${err.message}`, '5.3.4');
+      }
+      throw err;
+    }
     const content = { commonHeaders: parts.common, otherHeaders: parts.otherHeaders, display: parts.display, attachments: parts.attachments };
     const originFp = fingerprint(o.crypto, originSignet, 'full')!;
     const bundle: BundlePart[] = [];
