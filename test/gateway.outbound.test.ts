@@ -10,12 +10,13 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { defaultCrypto } from '../src/crypto/index.js';
 import { generateKeys } from '../src/dime/keys.js';
-import { localActorKeys, openMessage } from '../src/dime/message/index.js';
+import { localActorKeys, openMessage, sealMessage } from '../src/dime/message/index.js';
+import { utf8 } from '../src/dime/bytes.js';
 import { createOrgSignet, createSigningRequest, fingerprint, signUserSignet, type Signet } from '../src/dime/signet/index.js';
 import { DimeError } from '../src/errors.js';
 import { decodeBundle, encodeBundleBytes, isBundle, partFor } from '../src/gateway/bundle.js';
 import { createDimeHandler } from '../src/gateway/handler.js';
-import { partsToMime } from '../src/gateway/mime.js';
+import { mimeToParts, partsToMime } from '../src/gateway/mime.js';
 import { createOutboundProcessor, OUTBOUND_ACTIONS, type OutboundOptions } from '../src/gateway/outbound.js';
 import { createKeystore } from '../src/keystore/keystore.js';
 import { dataLayout } from '../src/keystore/layout.js';
@@ -80,6 +81,7 @@ describe('outbound: sealing on the submission path', () => {
   let c: Awaited<ReturnType<typeof farDomain>>;
   const answers = new Map<string, () => Resolution | Promise<Resolution>>();
   let options: OutboundOptions;
+  let carolKeys: ReturnType<typeof generateKeys>;
 
   before(async () => {
     dir = scratchDir('dime-outbound-');
@@ -88,7 +90,8 @@ describe('outbound: sealing on the submission path', () => {
     await signets.put(await createOrgSignet({ signer: keystore.pok, encryptionKey: keystore.encryptionPublicKey, domain: 'a.test' }));
     const users = new UserKeyStore({ dataDir: dir, domain: 'a.test', keystore, signets, crypto, logger: log });
     await users.add('alice@a.test');
-    await users.add('carol@a.test', { mode: 'cautious', request: (await createSigningRequest({ signer: crypto.ed25519Signer(generateKeys('user', crypto).signingKey), encryptionKey: crypto.secp256k1PublicKey(generateKeys('user', crypto).encryptionKey) })), encryptedKey: new Uint8Array([1, 2, 3]) });
+    carolKeys = generateKeys('user', crypto);
+    await users.add('carol@a.test', { mode: 'cautious', request: await createSigningRequest({ signer: crypto.ed25519Signer(carolKeys.signingKey), encryptionKey: crypto.secp256k1PublicKey(carolKeys.encryptionKey) }), encryptedKey: new Uint8Array([1, 2, 3]) });
     b = await farDomain('b.test', ['bob', 'bea']);
     c = await farDomain('c.test', ['cid']);
     for (const d of [b, c]) {
@@ -233,6 +236,46 @@ describe('outbound: sealing on the submission path', () => {
     } finally {
       client.destroy();
     }
+  });
+
+  it("a cautious sender's client-sealed message: signed as origin, queued for its one recipient, the original discarded", async () => {
+    const store = options.store as FileSignetStore;
+    const carol = (await store.user('carol@a.test'))!;
+    const origin = (await store.org('a.test'))!;
+    const bob = b.people.get('bob@b.test')!;
+    const parts = mimeToParts(Buffer.from(MESSAGE.replace('Alice <alice@a.test>', 'Carol <carol@a.test>'), 'latin1'));
+    const sealed = await sealMessage(
+      crypto,
+      {
+        author: { address: 'carol@a.test', signet: carol, signer: crypto.ed25519Signer(carolKeys.signingKey) },
+        origin: { domain: 'a.test', signet: origin },
+        destination: { domain: 'b.test', signet: b.org },
+        recipient: { address: 'bob@b.test', signet: bob.signet },
+      },
+      { commonHeaders: parts.common, otherHeaders: parts.otherHeaders, display: parts.display, attachments: parts.attachments },
+    );
+    const wrapped = ['From: carol@a.test', 'To: bob@b.test', 'MIME-Version: 1.0', 'Content-Type: application/x-dime-message', 'Content-Transfer-Encoding: base64', '', ...(Buffer.from(sealed).toString('base64').match(/.{1,76}/g) ?? []), ''].join('\r\n');
+    const before = sink.messages.length;
+    const eom = await submit('carol@a.test', ['bob@b.test'], wrapped);
+    assert.equal(eom.final.type, 'discard');
+    const [queued] = (await sink.waitForMessages(before + 1)).slice(before);
+    const [part] = decodeBundle(Buffer.from(queued!.data, 'latin1'));
+    assert.equal(part!.recipient, 'bob@b.test');
+    const signets = { author: carol, origin, destination: b.org, recipient: bob.signet };
+    const view = await openMessage(crypto, part!.message, { actor: 'recipient', keys: localActorKeys(crypto, bob.keys.encryptionKey), signets });
+    assert.equal(utf8.decode(view.common!.Subject!), 'The quarterly numbers');
+    // The origin signed it: the destination's view verifies the origin's signatures.
+    await openMessage(crypto, part!.message, { actor: 'destination', keys: localActorKeys(crypto, b.orgKeys.encryptionKey), signets });
+
+    // Two recipients, or a tampered object: refused, nothing queued.
+    let r = await submit('carol@a.test', ['bob@b.test', 'bea@b.test'], wrapped);
+    assert.match((r.final as { reply: string }).reply, /^550 5\.5\.3 /);
+    const tampered = Buffer.from(sealed);
+    // In the origin envelope chunk, which the origin reads (a byte in a chunk only the recipient reads is for the recipient to catch).
+    tampered[120]! ^= 1;
+    r = await submit('carol@a.test', ['bob@b.test'], wrapped.replace(Buffer.from(sealed).toString('base64').slice(0, 76), tampered.toString('base64').slice(0, 76)).replace(/\r\n\r\n[\s\S]*$/, `\r\n\r\n${(tampered.toString('base64').match(/.{1,76}/g) ?? []).join('\r\n')}\r\n`));
+    assert.match((r.final as { reply: string }).reply ?? JSON.stringify(r.final), /^550 5\.7\.0 the message your DIME client sealed does not verify/);
+    assert.equal(sink.messages.length, before + 1);
   });
 
   it('an ordinary sender (no DIME account) reaches a non-strict dark domain in plaintext', async () => {

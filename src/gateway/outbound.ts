@@ -20,6 +20,7 @@ import type { Logger } from '../log.js';
 import { verdict, type ActionName, type EomResult, type MilterContext, type MilterMessage, type Modification, type Recipient } from '../milter/handler.js';
 import type { Resolution } from '../resolver/resolver.js';
 import { encodeBundle, type BundlePart } from './bundle.js';
+import { findDimeObject } from './inbound.js';
 import { mimeToParts } from './mime.js';
 
 /** What the outbound processor may ask Postfix to do. */
@@ -146,6 +147,59 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
     }
   }
 
+  /** Re-inject the sealed parts as one bundle: the last step before the verdict. Returns the bundle's queue id. */
+  async function queueBundle(sender: string, bundle: BundlePart[], signal: AbortSignal): Promise<string | undefined> {
+    const outcome = await o.reinject({ sender, recipients: bundle.map((p) => p.recipient), body: encodeBundle({ sender, hostname: o.hostname }, bundle), signal });
+    if (!outcome.accepted) throw gatewayError('GATEWAY_REINJECT_FAILED', `${outcome.stage}: ${outcome.reason}`);
+    return /queued as ([A-Za-z0-9]+)/.exec(outcome.reply.lines.join(' '))?.[1];
+  }
+
+  /**
+   * A message the sender's own DIME client sealed (cautious and paranoid accounts; trustful ones
+   * too): it holds one DMIME object for one recipient. We add the origin's signatures (which checks
+   * the author's) and queue it; we cannot read it, so it can never go anywhere as plaintext.
+   */
+  async function clientSealed(ctx: MilterContext, message: MilterMessage, sender: string, recipients: readonly Recipient[], object: Uint8Array, log: Logger): Promise<EomResult> {
+    if (recipients.length !== 1 || local.has(domainOf(recipients[0]!.address))) {
+      return verdict.reply('550', 'a message your DIME client sealed is for one recipient in another domain: send one copy per recipient', '5.5.3');
+    }
+    const d = await decide({ kind: 'trustful', address: sender }, recipients[0]!, ctx.signal);
+    if (d.kind === 'refuse') return verdict.reply('550', `<${d.recipient.address}>: ${d.why}`, d.xcode);
+    if (d.kind !== 'dark') return verdict.reply('550', `<${d.recipient.address}>: cannot be reached by DIME, and a sealed message cannot go as plaintext`, '5.7.1');
+    const [authorSignet, originSignet] = await Promise.all([o.store.user(sender), o.store.org(ourDomain)]);
+    if (!authorSignet) throw gatewayError('SIGNET_NOT_FOUND', `${sender}: no published user signet`);
+    if (!originSignet) throw gatewayError('SIGNET_NOT_FOUND', `${ourDomain}: no published organisational signet`);
+    const destination = d.resolution.org.signet;
+    let signed: Awaited<ReturnType<typeof signAsOrigin>>;
+    try {
+      signed = await signAsOrigin(o.crypto, object, { keys: o.keystore.actorKeys, signer: o.keystore.pok, signets: { author: authorSignet, origin: originSignet, destination }, bounce: { meta: true } });
+    } catch (err) {
+      // The object is the client's: a fault in it is permanent; the keystore's faults are not.
+      if (isDimeError(err) && (err.code.startsWith('MESSAGE_') || err.code.startsWith('SIGNET_'))) {
+        log.info({ event: 'gateway.outbound.refused', code: err.code, queueId: message.queueId }, 'client-sealed message does not verify');
+        return verdict.reply('550', `the message your DIME client sealed does not verify (${err.code})`, '5.7.0');
+      }
+      throw err;
+    }
+    if (signed.envelope.destination.toLowerCase() !== d.resolution.domain || signed.envelope.author.toLowerCase() !== sender.toLowerCase()) {
+      return verdict.reply('550', `the message your DIME client sealed is not from <${sender}> to ${d.resolution.domain}`, '5.7.0');
+    }
+    const queued = await queueBundle(
+      sender,
+      [
+        {
+          recipient: d.recipient.address,
+          origin: { domain: ourDomain, fingerprint: fingerprint(o.crypto, originSignet, 'full')! },
+          destination: { domain: d.resolution.domain, fingerprint: d.resolution.org.fingerprints.full ?? fingerprint(o.crypto, destination, 'full')! },
+          message: signed.message,
+        },
+      ],
+      ctx.signal,
+    );
+    log.info({ event: 'gateway.outbound.client_sealed', queueId: message.queueId, bundleQueueId: queued, bytes: signed.message.length }, 'client-sealed message signed as origin and queued; original discarded');
+    return verdict.discard();
+  }
+
   return async function outbound(ctx: MilterContext, message: MilterMessage): Promise<EomResult> {
     const log = o.log ?? ctx.log;
     const senderAddress = message.sender?.address ?? '';
@@ -156,9 +210,19 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
       return seen.has(k) ? false : (seen.add(k), true);
     });
     // The author signature is the sender's: only the account that authenticated may sign as it.
-    if (sender.kind === 'trustful' && !sameUser(ctx.macro('auth_authen') ?? '', senderAddress, ourDomain)) {
+    if (sender.kind !== 'ordinary' && !sameUser(ctx.macro('auth_authen') ?? '', senderAddress, ourDomain)) {
       log.warn({ event: 'gateway.outbound.sender_mismatch', code: 'GATEWAY_SENDER_CANNOT_SEAL', queueId: message.queueId, sender: senderAddress }, 'sender is not the authenticated user');
       return verdict.reply('550', `<${senderAddress}>: sender address is not the authenticated user's; the server signs only as the account that logged in`, '5.7.1');
+    }
+    if (sender.kind !== 'ordinary') {
+      let object: Uint8Array | undefined;
+      try {
+        object = findDimeObject(message.headers, await message.body.bytes());
+      } catch (err) {
+        if (isDimeError(err, 'GATEWAY_BAD_WRAPPER')) return verdict.reply('550', `the DIME part of your message cannot be read: ${err.message}`, '5.6.0');
+        throw err;
+      }
+      if (object) return clientSealed(ctx, message, senderAddress, recipients, object, log);
     }
     const decisions = await Promise.all(recipients.map((r) => decide(sender, r, ctx.signal)));
     const refused = decisions.filter((d): d is Extract<Decision, { kind: 'refuse' }> => d.kind === 'refuse');
@@ -218,16 +282,7 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
       });
     }
 
-    const outcome = await o.reinject({
-      sender: senderAddress,
-      recipients: dark.map((d) => d.recipient.address),
-      body: encodeBundle({ sender: senderAddress, hostname: o.hostname }, bundle),
-      signal: ctx.signal,
-    });
-    if (!outcome.accepted) {
-      throw gatewayError('GATEWAY_REINJECT_FAILED', `${outcome.stage}: ${outcome.reason}`);
-    }
-    const queued = /queued as ([A-Za-z0-9]+)/.exec(outcome.reply.lines?.join(' ') ?? '')?.[1];
+    const queued = await queueBundle(senderAddress, bundle, ctx.signal);
     const keep = decisions.filter((d) => d.kind === 'legacy' || d.kind === 'local');
     log.info(
       { event: 'gateway.outbound.sealed', queueId: message.queueId, bundleQueueId: queued, dark: dark.length, legacy: keep.length, bytes: bundle.reduce((n, p) => n + p.message.length, 0) },
