@@ -198,6 +198,8 @@ export const ERROR_CODES = {
   FILE_EXISTS: 'refusing to overwrite an existing file',
   FILE_WRITE_FAILED: 'file cannot be written',
   CONFIG_INVALID: 'the configuration file has an error',
+  IMPORT_BAD_LINE: 'a line of the import file is not address[,mode[,request[,encrypted-key]]]',
+  IMPORT_INCOMPLETE: 'some users of the import file were not added',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

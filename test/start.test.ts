@@ -86,7 +86,7 @@ describe('dime start', () => {
     assert.equal(init.status, 0, init.stderr);
     const file = path.join(dir, 'dime.toml');
     assert.ok(fs.existsSync(file), 'dime init writes dime.toml');
-    const ports = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+    const ports = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
     let text = fs.readFileSync(file, 'utf8');
     const set = (section: string, key: string, value: string) => {
       text = text.replace(new RegExp(`(\\[${section}\\][^\\[]*?)${key} = "[^"]*"`), `$1${key} = "${value}"`);
@@ -95,6 +95,7 @@ describe('dime start', () => {
     set('policy', 'listen', `inet:127.0.0.1:${ports[1]}`);
     set('policy', 'socketmap', `inet:127.0.0.1:${ports[2]}`);
     set('relay', 'listen', `inet:127.0.0.1:${ports[3]}`);
+    set('relay', 'lmtp_listen', `inet:127.0.0.1:${ports[5]}`);
     fs.writeFileSync(file, text);
     const child = spawn(process.execPath, [DIME_BIN, 'start', '--config', file, '--metrics', `inet:127.0.0.1:${ports[4]}`], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
@@ -118,6 +119,43 @@ describe('dime start', () => {
       child.kill('SIGTERM');
     }
     assert.equal(await new Promise<number | null>((r) => child.once('exit', (c) => r(c))), 0, stderr);
+  });
+
+  it('split deployments: dime milter runs the gateway, dime relay the LMTP leg, dime policy the strict rule', async () => {
+    const dir = scratchDir();
+    assert.equal(dime(['init', '--domain', 'split.test', '--dir', dir]).status, 0);
+    const file = path.join(dir, 'dime.toml');
+    const ports = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+    let text = fs.readFileSync(file, 'utf8');
+    const set = (section: string, key: string, value: string) => {
+      text = text.replace(new RegExp(`(\\[${section}\\][^\\[]*?)${key} = "[^"]*"`), `$1${key} = "${value}"`);
+    };
+    set('milter', 'listen', `inet:127.0.0.1:${ports[0]}`);
+    set('policy', 'listen', `inet:127.0.0.1:${ports[1]}`);
+    set('policy', 'socketmap', `inet:127.0.0.1:${ports[2]}`);
+    set('relay', 'listen', `inet:127.0.0.1:${ports[3]}`);
+    set('relay', 'lmtp_listen', `inet:127.0.0.1:${ports[4]}`);
+    fs.writeFileSync(file, text);
+    const run = async (args: string[], ready: RegExp, check: (stderr: string) => void) => {
+      const child = spawn(process.execPath, [DIME_BIN, ...args, '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (d) => (stderr += d));
+      try {
+        const deadline = Date.now() + 20_000;
+        while (!ready.test(stderr)) {
+          if (Date.now() > deadline || child.exitCode !== null) assert.fail(`${args[0]} did not start: ${stderr}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        check(stderr);
+      } finally {
+        child.kill('SIGTERM');
+      }
+      assert.equal(await new Promise<number | null>((r) => child.once('exit', (c) => r(c))), 0, stderr);
+    };
+    await run(['milter'], /"event":"milter.start"/, (e) => assert.match(e, /"handler":"dime"/));
+    await run(['relay'], /"event":"relay.start"/, (e) => assert.match(e, new RegExp(`"lmtp":"inet:127.0.0.1:${ports[4]}"`)));
+    // The strict rule asks our record through the resolver: an answer at all shows it is the rule, not DUNNO.
+    await run(['policy', '--listen', `inet:127.0.0.1:${ports[1]}`, '--socketmap', `inet:127.0.0.1:${ports[2]}`], /"msg":"ready"/, () => undefined);
   });
 
   it('a configuration error refuses to start', () => {

@@ -30,6 +30,7 @@ import { dataLayout } from '../keystore/layout.js';
 import { issueOrgSignet, managementRecord, openOrg, signetIsCurrent, type RecordOptions } from '../keystore/org.js';
 import { FileSignetStore } from '../keystore/signets.js';
 import { readInputFile } from './io.js';
+import { progress } from './progress.js';
 
 export const DEFAULT_DATA_DIR = '/var/lib/dime';
 /** The self-signed certificate: RSA 3072 (libdime's client needs RSA; 3072 = NIST's 128-bit level), 825 days (CA/B maximum, a habit clients share). */
@@ -128,8 +129,11 @@ async function init(opts: InitOptions): Promise<void> {
   if (await signets.org(domain)) throw new DimeError('FILE_EXISTS', `${layout.signets} already holds an org signet for ${domain}`);
 
   const undo: (() => void | Promise<void>)[] = [];
+  // Generating an RSA certificate and keys inside an HSM takes seconds: say which step is running.
+  const bar = progress('dime init', { total: 5 });
   try {
     // 1. The TLS certificate: checked or made before any key exists.
+    bar.step(opts.tlsCert ? 'checking the relay certificate' : `making the relay certificate (RSA ${RSA_BITS})`);
     let tlsCert: string;
     let tlsKey: string;
     let der: Uint8Array;
@@ -153,17 +157,20 @@ async function init(opts: InitOptions): Promise<void> {
     }
 
     // 2. The keystore: keys generated inside the HSM, or the development key files.
+    bar.step(keystoreConfig.type === 'pkcs11' ? 'generating the organisation keys in the HSM' : 'generating the organisation keys');
     const keystore = await createKeystore(keystoreConfig, { crypto });
     undo.push(() => discardKeystore(keystoreConfig, { crypto }));
     let result;
     try {
       // 3. The org signet, published.
+      bar.step('issuing the organisational signet');
       const signet = await issueOrgSignet(keystore, domain);
       // Undo removes the outermost directory of the store that this init created.
       const created = [layout.signets, path.join(layout.signets, domain), path.join(layout.signets, domain, 'org')].find((d) => !fs.existsSync(d));
       if (created) undo.push(() => fs.rmSync(created, { recursive: true, force: true }));
       await signets.put(signet);
       // 4. The record with the POK and the certificate's pin.
+      bar.step('signing the management record');
       const rec = await managementRecord(keystore, domain, crypto, { certificateDer: der, ...(opts.dx ? { dx: [opts.dx] } : {}) });
       result = { signet, rec, pok: keystore.pok, kind: keystore.kind };
     } finally {
@@ -171,6 +178,7 @@ async function init(opts: InitOptions): Promise<void> {
     }
 
     // 5. The configuration file, last: its presence marks the domain as initialised.
+    bar.step('writing the configuration');
     const base = parseConfig(`data_dir = ${JSON.stringify(dir)}\n`, '(dime init)', {});
     // The PIN never goes into the file: it stays in the PIN file or DIME_HSM_PIN.
     const fileKeystore: KeystoreConfig = { ...keystoreConfig };
@@ -182,6 +190,7 @@ async function init(opts: InitOptions): Promise<void> {
     undo.push(() => fs.rmSync(configFile, { force: true }));
     loadConfig(configFile); // what we wrote must be what we read
 
+    bar.done();
     const fp = fingerprints(crypto, result.signet);
     if (opts.json) {
       process.stdout.write(
@@ -209,6 +218,7 @@ async function init(opts: InitOptions): Promise<void> {
       );
     }
   } catch (err) {
+    bar.done();
     for (const u of undo.reverse()) {
       try {
         await u();
@@ -226,7 +236,7 @@ function printRecord(rec: { text: string; zone: string }, json: boolean | undefi
 }
 
 /** The record's tls= pin and dx= come from the configured relay certificate and host name. */
-function recordOptions(config: DimeConfig): RecordOptions {
+export function recordOptions(config: DimeConfig): RecordOptions {
   return {
     ...(config.relay.tlsCert ? { certificateDer: readCertificate(config.relay.tlsCert).der } : {}),
     ...(config.relay.hostname ? { dx: [config.relay.hostname] } : {}),
@@ -234,10 +244,16 @@ function recordOptions(config: DimeConfig): RecordOptions {
 }
 
 async function rotate(opts: { config?: string; json?: boolean }): Promise<void> {
-  const org = await openOrg(configFrom(opts));
+  const bar = progress('dime keys rotate', { total: 4 });
+  bar.step('opening the keystore');
+  const org = await openOrg(configFrom(opts)).catch((err: unknown) => {
+    bar.done();
+    throw err;
+  });
   try {
     const current = await org.signets.org(org.domain);
     let note: string;
+    bar.step(org.keystore.kind === 'pkcs11' ? 'generating the new POK in the HSM' : 'generating the new POK');
     if (current && !signetIsCurrent(org.keystore, current)) {
       // An earlier rotation made the key but did not publish: finish it instead of making another.
       note = `finishing the rotation to ${org.keystore.pok.label} (its org signet was not published)`;
@@ -246,15 +262,19 @@ async function rotate(opts: { config?: string; json?: boolean }): Promise<void> 
       await org.keystore.rotatePok();
       note = `rotated ${previous} → ${org.keystore.pok.label}; ${previous} is kept to verify old mail`;
     }
+    bar.step('re-issuing the organisational signet');
     const signet = await issueOrgSignet(org.keystore, org.domain);
     await org.signets.put(signet);
+    bar.step('signing the management record');
     const rec = await managementRecord(org.keystore, org.domain, org.crypto, recordOptions(org.config));
+    bar.done();
     printRecord(rec, opts.json, { pok: pokText(org.keystore.pok.publicKey), label: org.keystore.pok.label, poks: org.keystore.poks.map((p) => p.label) }, [
       `dime keys rotate: ${note}`,
       `  org signet re-issued (version ${(await org.signets.orgHistory(org.domain)).length}); earlier POKs are listed in it as signet-signing keys`,
       `  keep the previous pok= in the record until mail signed with it has aged out`,
     ]);
   } finally {
+    bar.done();
     await org.close();
   }
 }
@@ -262,16 +282,26 @@ async function rotate(opts: { config?: string; json?: boolean }): Promise<void> 
 async function addSok(permissionsText: string, opts: { config?: string; json?: boolean }): Promise<void> {
   const permissions = parsePermissions(permissionsText);
   if (permissions === 0) throw new DimeError('USAGE', 'a SOK without any permission signs nothing; give e.g. signets,messages');
-  const org = await openOrg(configFrom(opts));
+  const bar = progress('dime keys add-sok', { total: 4 });
+  bar.step('opening the keystore');
+  const org = await openOrg(configFrom(opts)).catch((err: unknown) => {
+    bar.done();
+    throw err;
+  });
   try {
+    bar.step(org.keystore.kind === 'pkcs11' ? 'generating the SOK in the HSM' : 'generating the SOK');
     const sok = await org.keystore.addSok(permissions);
+    bar.step('re-issuing the organisational signet');
     await org.signets.put(await issueOrgSignet(org.keystore, org.domain));
+    bar.step('signing the management record');
     const rec = await managementRecord(org.keystore, org.domain, org.crypto, { ...recordOptions(org.config), pokCount: 1 });
+    bar.done();
     printRecord(rec, opts.json, { sok: sok.label, permissions: permissionNames(permissions), publicKey: pokText(sok.publicKey) }, [
       `dime keys add-sok: ${sok.label} (${permissionNames(permissions).join(', ')}) ${pokText(sok.publicKey)}`,
       '  org signet re-issued; the record is unchanged (SOKs are not in DNS)',
     ]);
   } finally {
+    bar.done();
     await org.close();
   }
 }

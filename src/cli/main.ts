@@ -4,6 +4,7 @@ import { DimeError } from '../errors.js';
 import { EXIT, ExitStatus, exitStatusFor } from './exit.js';
 import { registerConfigCommands } from './config.js';
 import { registerDemoCommands } from './demo.js';
+import { registerDoctorCommands } from './doctor.js';
 import { registerInitCommands } from './init.js';
 import { registerUserCommands } from './user.js';
 import { registerStartCommands } from './start.js';
@@ -34,6 +35,7 @@ export function buildProgram(): Command {
   registerUserCommands(program);
   registerRelayCommands(program);
   registerResolveCommands(program);
+  registerDoctorCommands(program);
   return program;
 }
 

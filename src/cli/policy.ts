@@ -24,6 +24,11 @@ import {
   type ServiceServer,
 } from '../policy/index.js';
 import { isLoopback, parseSocketSpec } from '../net/socket.js';
+import { loadConfig } from '../config/config.js';
+import { defaultCrypto } from '../crypto/index.js';
+import { createStrictInboundPolicy, publishedPolicy } from '../policy/dime-policy.js';
+import { createNetworkResolver } from '../resolver/dmtp-fetcher.js';
+import type { PolicyHandler } from '../policy/handler.js';
 import { stopSignal } from './signals.js';
 
 export const DEFAULT_POLICY_LISTEN = 'inet:127.0.0.1:9998';
@@ -31,6 +36,7 @@ export const DEFAULT_SOCKETMAP_LISTEN = 'inet:127.0.0.1:9997';
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 interface PolicyOptions {
+  config?: string;
   listen: string;
   socketmap: string;
   darkDomain?: string[];
@@ -54,6 +60,7 @@ export function registerPolicyCommands(program: Command): void {
   program
     .command('policy')
     .description('run the Postfix policy delegation and socketmap services (docs/policy.md) until SIGTERM/SIGINT')
+    .option('--config <file>', 'configuration file: with a dark domain, legacy mail for it is refused while its record says pol=strict ([gateway] strict_inbound)')
     .option('--listen <endpoint>', 'policy delegation endpoint, inet:HOST:PORT or unix:PATH', DEFAULT_POLICY_LISTEN)
     .option('--socketmap <endpoint>', 'socketmap endpoint for transport_maps, inet:HOST:PORT or unix:PATH', DEFAULT_SOCKETMAP_LISTEN)
     .option('--dark-domain <domain>', 'a DIME domain: its recipients get --dark-route from the socketmap (repeatable)', collect)
@@ -87,14 +94,30 @@ async function runPolicy(opts: PolicyOptions): Promise<void> {
     if (!isLoopback(spec)) log.warn({ option: what }, 'listening on a non-loopback address: these services are unauthenticated');
   }
 
+  // With a configured dark domain: the pol=strict rule (docs/mail-flow.md), our record read through the resolver.
+  const config = opts.config !== undefined ? loadConfig(opts.config) : undefined;
+  let handler: PolicyHandler = dunnoPolicy;
+  let closeResolver = async (): Promise<void> => {};
+  if (config?.domain) {
+    const resolver = createNetworkResolver(config.resolver, { crypto: defaultCrypto(), log: log.child({ service: 'resolver' }) });
+    closeResolver = () => resolver.close();
+    const domain = config.domain;
+    handler = createStrictInboundPolicy({
+      domain,
+      refuse: config.gateway.strictInbound === 'refuse',
+      log,
+      localPolicy: publishedPolicy(resolver, domain),
+    });
+  }
   const servers: ServiceServer[] = [];
   try {
-    servers.push(await startPolicyServer({ listen: policyAt, handler: dunnoPolicy, failureAction, deadlineMs, ...(idle ? { idleMs: idle } : {}), logger: log }));
+    servers.push(await startPolicyServer({ listen: policyAt, handler, failureAction, deadlineMs, ...(idle ? { idleMs: idle } : {}), logger: log }));
     servers.push(
       await startSocketmapServer({ listen: socketmapAt, handler: staticDarkTable({ domains, route }), deadlineMs, ...(idle ? { idleMs: idle } : {}), logger: log }),
     );
   } catch (err) {
     await Promise.all(servers.map((s) => s.close()));
+    await closeResolver();
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') throw new DimeError('USAGE', `cannot listen: ${(err as Error).message}`, { cause: err });
     throw err;
@@ -103,5 +126,6 @@ async function runPolicy(opts: PolicyOptions): Promise<void> {
 
   log.info({ signal: await stopSignal() }, 'stopping');
   await Promise.all(servers.map((s) => s.close()));
+  await closeResolver();
   log.info('stopped');
 }

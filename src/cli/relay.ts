@@ -26,6 +26,7 @@ import { createLogger, type Logger } from '../log.js';
 import { readInputFile } from './io.js';
 import { loadKeysFile } from './keys.js';
 import { stopSignal } from './signals.js';
+import { openLmtpRelay } from './lmtp.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
@@ -167,6 +168,14 @@ async function runRelay(flags: RelayFlags): Promise<void> {
   const log = createLogger({ level, name: 'dime-relay' });
   const opened = await openRelay(config, flags, log);
   const { relay, domain, hostname } = opened;
+  // The outbound leg (docs/mail-flow.md): Postfix's dmtp transport delivers bundles here.
+  let lmtp: Awaited<ReturnType<typeof openLmtpRelay>>;
+  try {
+    lmtp = await openLmtpRelay(config, log.child({ service: 'lmtp' }));
+  } catch (err) {
+    await opened.close();
+    throw err;
+  }
   log.info(
     {
       event: 'relay.start',
@@ -175,6 +184,7 @@ async function runRelay(flags: RelayFlags): Promise<void> {
       listen: relay.endpoints.implicit ? formatInetSpec(relay.endpoints.implicit) : undefined,
       dualListen: relay.endpoints.dual ? formatInetSpec(relay.endpoints.dual) : undefined,
       mta: opened.mta,
+      lmtp: lmtp.address,
       pid: process.pid,
     },
     `dime relay for ${domain} started`,
@@ -182,6 +192,7 @@ async function runRelay(flags: RelayFlags): Promise<void> {
 
   const signal = await stopSignal();
   log.info({ event: 'relay.stopping', signal, connections: relay.connections }, 'dime relay stopping');
+  await lmtp.close();
   await opened.close();
   log.info({ event: 'relay.stop' }, 'dime relay stopped');
 }
@@ -189,7 +200,7 @@ async function runRelay(flags: RelayFlags): Promise<void> {
 export function registerRelayCommands(program: Command): void {
   program
     .command('relay')
-    .description('run the DMTP relay: serve our signets and accept inbound DIME messages, handing them to the local MTA')
+    .description('run the DMTP relay: serve our signets, accept inbound DIME messages for the local MTA, and deliver queued bundles (LMTP, [relay] lmtp_listen)')
     .option('--config <file>', 'configuration file (default: $DIME_CONFIG, else /etc/dime/dime.toml, else embedded defaults)')
     .option('--org-keys <file>', "the organisation's keys file (default: the configured keystore, file or PKCS#11)")
     .option('--signets <dir>', 'published signets (default: <data_dir>/signets)')

@@ -225,7 +225,7 @@ function defaults(dataDir = '/var/lib/dime'): DimeConfig {
       strictInbound: 'refuse',
     },
     policy: { listen: 'inet:127.0.0.1:9998', socketmap: 'inet:127.0.0.1:9997' },
-    relay: { listen: 'inet:127.0.0.1:26', mta: 'inet:127.0.0.1:25', lmtpListen: 'inet:127.0.0.1:10026' },
+    relay: { listen: 'inet:127.0.0.1:26', mta: 'inet:127.0.0.1:10025', lmtpListen: 'inet:127.0.0.1:10026' },
     log: { level: 'info' },
     resolver: { ...DEFAULT_RESOLVER, servers: [...DEFAULT_RESOLVER.servers] },
   };

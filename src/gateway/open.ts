@@ -16,6 +16,7 @@ import { createInboundProcessor, INBOUND_ACTIONS } from './inbound.js';
 import { createOutboundProcessor, OUTBOUND_ACTIONS } from './outbound.js';
 import { ResolverSignetSource } from '../resolver/dmtp-fetcher.js';
 import type { RecordPolicy } from '../dime/record.js';
+import { publishedPolicy } from '../policy/dime-policy.js';
 
 /** The bundle service is Postfix on this host: a local answer is quick, a stuck one must not hold the milter. */
 const REINJECT_TIMEOUTS = { connectMs: 10_000, commandMs: 30_000, dataEndMs: 60_000 };
@@ -72,13 +73,7 @@ export async function openGateway(config: DimeConfig, log: Logger): Promise<Open
   return {
     handler: createDimeHandler(options),
     resolver,
-    async localPolicy(): Promise<RecordPolicy | undefined> {
-      // What the world sees of us: our own _dx record through the same resolver (cached).
-      const res = await resolver.resolve(org.domain, { recordOnly: true });
-      if (res.status === 'no-record') return undefined;
-      if (!res.record) throw new DimeError(res.error?.code ?? 'RESOLVE_DEADLINE', `our own record _dx.${org.domain}: ${res.error?.message ?? res.status}`);
-      return res.record.policy;
-    },
+    localPolicy: publishedPolicy(resolver, org.domain),
     async close() {
       await resolver.close();
       await org.close();

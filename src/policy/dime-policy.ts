@@ -14,8 +14,10 @@
  *    clients that authenticated (`sasl_username`): a submission is our own users' mail, which the
  *    outbound milter handles, not legacy mail arriving from outside.
  */
+import type { Resolver } from '../resolver/resolver.js';
 import type { RecordPolicy } from '../dime/record.js';
 import type { Logger } from '../log.js';
+import { DimeError } from '../errors.js';
 import { MAX_ACTION_TEXT, type PolicyAction } from './action.js';
 import { domainOfKey, normalizeDomain, type PolicyHandler } from './handler.js';
 
@@ -52,5 +54,18 @@ export function createStrictInboundPolicy(o: StrictInboundPolicyOptions): Policy
     const named = `<${rcpt}>: ${text}`;
     // The address goes into an SMTP reply: only when it is printable ASCII and fits (Postfix prefixes it too).
     return { action: 'REJECT', status: '5.7.1', text: /^[\x21-\x7e]+$/.test(rcpt) && named.length <= MAX_ACTION_TEXT ? named : text };
+  };
+}
+
+/**
+ * Our own published policy as the world sees it: our `_dx` record through the resolver (cached).
+ * undefined when we publish none; a lookup that fails throws, so the policy answers DEFER_IF_PERMIT.
+ */
+export function publishedPolicy(resolver: Pick<Resolver, 'resolve'>, domain: string): () => Promise<RecordPolicy | undefined> {
+  return async () => {
+    const res = await resolver.resolve(domain, { recordOnly: true });
+    if (res.status === 'no-record') return undefined;
+    if (!res.record) throw new DimeError(res.error?.code ?? 'RESOLVE_DEADLINE', `our own record _dx.${domain}: ${res.error?.message ?? res.status}`);
+    return res.record.policy;
   };
 }
