@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # dime-sidecar: `dime start` (milter, policy, socketmap, DMTP relay, metrics) as a non-root container.
-# Mount the configuration at /etc/dime/dime.toml and the state at /var/lib/dime. Inside a container
-# the services must listen beyond loopback for Postfix to reach them, e.g. listen = "inet:0.0.0.0:8899".
+# Mount the configuration at /etc/dime/dime.toml and the state at /var/lib/dime. Run it in Postfix's
+# network namespace (`docker run --network host`, or the same pod): the relay's LMTP side binds
+# loopback only (LMTP has no authentication) and the milter re-injects bundles to Postfix's bundle
+# service on 127.0.0.1 (docs/mail-flow.md).
 
 FROM node:20-bookworm-slim AS build
 WORKDIR /src
@@ -33,8 +35,8 @@ COPY --from=build /src/bin ./bin
 ENV NODE_ENV=production DIME_CONFIG=/etc/dime/dime.toml
 USER dime
 VOLUME ["/var/lib/dime"]
-# 26 DMTP (implicit TLS), 8899 milter, 9998 policy, 9997 socketmap, 9464 metrics and health.
-EXPOSE 26 8899 9998 9997 9464
+# 26 DMTP (implicit TLS), 8899 milter, 9998 policy, 9997 socketmap, 10026 LMTP, 9464 metrics and health.
+EXPOSE 26 8899 9998 9997 10026 9464
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
   CMD ["node", "-e", "fetch('http://127.0.0.1:9464/healthz').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 ENTRYPOINT ["/app/bin/dime"]
