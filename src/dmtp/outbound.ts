@@ -21,6 +21,7 @@ import { decodeBundle, isBundle, partFor, type BundlePart } from '../gateway/bun
 import { outcomeOfError, type ClientTimeouts, type DeliveryResult, type DmtpClient, type DmtpConnection, type Envelope } from './client.js';
 import { replyText } from './codec.js';
 import { startLmtpServer, type LmtpContext, type LmtpHandler, type LmtpReply, type LmtpServer, type LmtpServerOptions, type LmtpTransaction } from './lmtp.js';
+import { meteredLmtpHandler, recordDeliveryTime } from '../service-metrics.js';
 
 /**
  * Destination domains served at once for one message. Bundles mostly have one or two domains;
@@ -180,7 +181,9 @@ export function createOutboundHandler(options: OutboundOptions): LmtpHandler {
   /** One domain's recipients over one connection (a new one only after the previous broke). */
   async function deliverDomain(domain: string, items: Item[], replies: LmtpReply[], tx: LmtpTransaction, ctx: LmtpContext): Promise<void> {
     let conn: DmtpConnection | undefined;
+    let attemptStart = performance.now(); // per recipient: its connection (when one is needed) and transaction
     const answer = (item: Item, r: DeliveryResult) => {
+      recordDeliveryTime(r.outcome, (performance.now() - attemptStart) / 1000);
       const reply = lmtpReplyForDelivery(item.rcpt, domain, r);
       replies[item.index] = reply;
       ctx.log.info(
@@ -191,6 +194,7 @@ export function createOutboundHandler(options: OutboundOptions): LmtpHandler {
     try {
       for (let i = 0; i < items.length; i++) {
         const item = items[i]!;
+        attemptStart = performance.now();
         if (!conn || !conn.usable) {
           conn?.close();
           conn = undefined;
@@ -231,7 +235,7 @@ export function createOutboundHandler(options: OutboundOptions): LmtpHandler {
     }
   }
 
-  return {
+  return meteredLmtpHandler({
     async data(tx, message, ctx) {
       const replies: LmtpReply[] = new Array(tx.recipients.length);
       const refuseAll = (text: string, code: ErrorCode, detail?: string) => {
@@ -275,7 +279,7 @@ export function createOutboundHandler(options: OutboundOptions): LmtpHandler {
       await bounded([...byDomain], maxParallel, ([domain, items]) => deliverDomain(domain, items, replies, tx, ctx));
       return replies;
     },
-  };
+  });
 }
 
 // ------------------------------------------------------------------------------------ the listener

@@ -26,6 +26,7 @@ import { DMTP_TLS_CIPHERS, DMTP_TLS_MIN_VERSION, type SignetSource } from './cli
 import { domainOfName, isAddress, normalizeDomain } from './codec.js';
 import { DEFAULT_MEMORY_BUDGET, DEFAULT_SESSION_LIMITS, DmtpSession, MemoryBudget, ok, refuse, type DmtpHandler, type HandlerContext, type Result, type SessionLimits, type Transaction } from './session.js';
 import { sendMail, smtpReplyText, type MtaTarget, type SmtpTimeouts } from './smtp-client.js';
+import { meteredRelayHandler } from '../service-metrics.js';
 
 // ------------------------------------------------------------------------------------ listeners
 
@@ -411,7 +412,7 @@ export function createRelayHandler(o: RelayHandlerOptions): DmtpHandler {
     }
   }
 
-  return {
+  return meteredRelayHandler({
     async signet(name, fp) {
       if (!ours(name)) return refuse('SIGNET_NOT_FOUND', `${name} is not in ${domain}`);
       const s = fp === undefined ? await store.current(name) : await store.byFingerprint(name, fp);
@@ -520,7 +521,7 @@ export function createRelayHandler(o: RelayHandlerOptions): DmtpHandler {
     end(tx) {
       origins.delete(tx);
     },
-  };
+  });
 }
 
 // ------------------------------------------------------------------------------------ the relay

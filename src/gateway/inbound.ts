@@ -62,6 +62,7 @@ import type { SignetStore } from '../keystore/signets.js';
 import type { UnsealedUserKey, UserKeyStore } from '../keystore/users.js';
 import type { Logger } from '../log.js';
 import { headerIndexAt, modify, verdict, type ActionName, type EomResult, type Header, type MilterContext, type MilterMessage, type Modification } from '../milter/handler.js';
+import { recordOpened, recordRejected } from '../service-metrics.js';
 import { partsToMime } from './mime.js';
 import { CR, LF, fieldName, parseHeaderBlock, parseMimeValue, scanHeaderBlock, splitMultipart, unfoldedText } from './mime-scan.js';
 
@@ -505,6 +506,7 @@ export function createInboundProcessor(o: InboundOptions): (ctx: MilterContext, 
     const strip = forgedResults(message.headers, hostname);
     if (strip.length > 0) log.warn({ event: 'gateway.inbound.forged_results', code: 'forged-authentication-results', count: strip.length, ...base }, 'deleted Authentication-Results headers that claim our host name');
     const fail = (err: DimeError): EomResult => {
+      recordRejected('inbound', err.code);
       log.warn({ event: 'gateway.inbound.invalid', code: err.code, action: invalidPolicy, reason: printable(detailOf(err), 300), ...base }, 'DIME message failed verification');
       return refuse(ctx, message, err, strip);
     };
@@ -533,6 +535,7 @@ export function createInboundProcessor(o: InboundOptions): (ctx: MilterContext, 
     if (outcome.kind === 'open') {
       const mods = replacement(ctx, message, outcome);
       if (mods) {
+        recordOpened('pass');
         log.info({ event: 'gateway.inbound.pass', code: 'pass', recipient: rcpt, origin: outcome.origin, ...base }, 'DIME message verified and opened for a trustful recipient');
         return { modifications: mods };
       }
@@ -542,6 +545,7 @@ export function createInboundProcessor(o: InboundOptions): (ctx: MilterContext, 
 
     function sealedResult(s: Sealed): EomResult {
       const event = s.code === 'unverified' ? 'gateway.inbound.unverified' : 'gateway.inbound.sealed';
+      recordOpened(s.result === 'neutral' ? 'neutral' : 'sealed');
       log[s.code === 'sealed' || s.code === 'unverified' ? 'info' : 'warn']({ event, code: s.code, recipient: rcpt, ...(s.origin ? { origin: s.origin } : {}), ...base }, 'DIME message left sealed for the recipient');
       return { modifications: [...strip, results(ctx, `dime=${s.result} (${commentText(s.comment)})`)] };
     }

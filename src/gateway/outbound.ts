@@ -17,11 +17,12 @@ import type { OrgKeystore } from '../keystore/keystore.js';
 import type { SignetStore } from '../keystore/signets.js';
 import type { CustodyMode, UnsealedUserKey, UserInfo } from '../keystore/users.js';
 import type { Logger } from '../log.js';
-import { verdict, type ActionName, type EomResult, type MilterContext, type MilterMessage, type Modification, type Recipient } from '../milter/handler.js';
+import { verdict, type ActionName, type EomResult, type MilterContext, type MilterMessage, type Modification, type Recipient, type Verdict } from '../milter/handler.js';
 import type { Resolution } from '../resolver/resolver.js';
 import { encodeBundle, type BundlePart } from './bundle.js';
 import { findDimeObject } from './inbound.js';
 import { mimeToParts } from './mime.js';
+import { recordDecision, recordRejected, recordSealed, type RefusalKind } from '../service-metrics.js';
 
 /** What the outbound processor may ask Postfix to do. */
 export const OUTBOUND_ACTIONS: readonly ActionName[] = ['deleteRecipient'];
@@ -60,7 +61,7 @@ type SenderKind = { kind: 'trustful'; address: string } | { kind: 'sealed-accoun
 type Decision =
   | { kind: 'local' | 'legacy'; recipient: Recipient }
   | { kind: 'dark'; recipient: Recipient; resolution: Resolution & { org: NonNullable<Resolution['org']>; user: NonNullable<Resolution['user']> } }
-  | { kind: 'refuse'; recipient: Recipient; xcode: string; why: string };
+  | { kind: 'refuse'; recipient: Recipient; xcode: string; why: string; reason: RefusalKind };
 
 function domainOf(address: string): string {
   return address.slice(address.lastIndexOf('@') + 1).toLowerCase();
@@ -87,6 +88,12 @@ export function rawMessage(ctx: Pick<MilterContext, 'headerLeadingSpace'>, messa
   }
   lines.push(Buffer.from('\r\n'), Buffer.from(body.buffer, body.byteOffset, body.length));
   return new Uint8Array(Buffer.concat(lines));
+}
+
+/** A permanent refusal of the message, counted on /metrics by its reason (never the text, which names addresses). */
+function refuseMessage(reason: ErrorCode | RefusalKind, code: string, text: string, xcode: string): Verdict {
+  recordRejected('outbound', reason);
+  return verdict.reply(code, text, xcode);
 }
 
 function gatewayError(code: ErrorCode, detail: string): DimeError {
@@ -128,18 +135,18 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
         if (!res.org || !res.user) throw gatewayError('RESOLVE_FETCH_FAILED', `${address}: resolution ok without both signets`);
         if (sender.kind === 'trustful') return { kind: 'dark', recipient, resolution: res as Extract<Decision, { kind: 'dark' }>['resolution'] };
         if (sender.kind === 'sealed-account') {
-          return { kind: 'refuse', recipient, xcode: '5.7.1', why: `reads DIME, and the server holds no key to seal for your ${sender.mode} account: send from a DIME client` };
+          return { kind: 'refuse', recipient, xcode: '5.7.1', why: `reads DIME, and the server holds no key to seal for your ${sender.mode} account: send from a DIME client`, reason: 'sealed-account' };
         }
         // An ordinary account cannot seal; plaintext only where the destination allows it.
-        if (res.policy === 'strict' || required) return { kind: 'refuse', recipient, xcode: '5.7.1', why: `must be reached by DIME, and your account has no DIME keys` };
+        if (res.policy === 'strict' || required) return { kind: 'refuse', recipient, xcode: '5.7.1', why: `must be reached by DIME, and your account has no DIME keys`, reason: 'dime-required' };
         return { kind: 'legacy', recipient };
       case 'no-record':
         if (!res.plaintextAllowed) throw gatewayError(res.error?.code ?? 'RESOLVE_DEADLINE', `${address}: no record, but not a validated one`);
-        if (required) return { kind: 'refuse', recipient, xcode: '5.7.1', why: `cannot be reached by DIME (${res.domain} publishes no DIME record), and policy requires DIME` };
+        if (required) return { kind: 'refuse', recipient, xcode: '5.7.1', why: `cannot be reached by DIME (${res.domain} publishes no DIME record), and policy requires DIME`, reason: 'dime-required' };
         return { kind: 'legacy', recipient };
       case 'no-signet':
         // The domain is dark and its DX says the user has no signet: never plaintext to a dark domain on that say-so.
-        return { kind: 'refuse', recipient, xcode: '5.1.1', why: `no DIME signet at ${res.domain}, a DIME domain` };
+        return { kind: 'refuse', recipient, xcode: '5.1.1', why: `no DIME signet at ${res.domain}, a DIME domain`, reason: 'no-signet' };
       default: {
         const code = res.error?.code ?? 'RESOLVE_DEADLINE';
         throw new DimeError(code, `${address}: ${res.error?.message ?? res.status}`);
@@ -151,6 +158,7 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
   async function queueBundle(sender: string, bundle: BundlePart[], signal: AbortSignal): Promise<string | undefined> {
     const outcome = await o.reinject({ sender, recipients: bundle.map((p) => p.recipient), body: encodeBundle({ sender, hostname: o.hostname }, bundle), signal });
     if (!outcome.accepted) throw gatewayError('GATEWAY_REINJECT_FAILED', `${outcome.stage}: ${outcome.reason}`);
+    recordSealed(bundle.length);
     return /queued as ([A-Za-z0-9]+)/.exec(outcome.reply.lines.join(' '))?.[1];
   }
 
@@ -161,11 +169,12 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
    */
   async function clientSealed(ctx: MilterContext, message: MilterMessage, sender: string, recipients: readonly Recipient[], object: Uint8Array, log: Logger): Promise<EomResult> {
     if (recipients.length !== 1 || local.has(domainOf(recipients[0]!.address))) {
-      return verdict.reply('550', 'a message your DIME client sealed is for one recipient in another domain: send one copy per recipient', '5.5.3');
+      return refuseMessage('client-sealed-recipients', '550', 'a message your DIME client sealed is for one recipient in another domain: send one copy per recipient', '5.5.3');
     }
     const d = await decide({ kind: 'trustful', address: sender }, recipients[0]!, ctx.signal);
-    if (d.kind === 'refuse') return verdict.reply('550', `<${d.recipient.address}>: ${d.why}`, d.xcode);
-    if (d.kind !== 'dark') return verdict.reply('550', `<${d.recipient.address}>: cannot be reached by DIME, and a sealed message cannot go as plaintext`, '5.7.1');
+    recordDecision(d.kind);
+    if (d.kind === 'refuse') return refuseMessage(d.reason, '550', `<${d.recipient.address}>: ${d.why}`, d.xcode);
+    if (d.kind !== 'dark') return refuseMessage('dime-required', '550', `<${d.recipient.address}>: cannot be reached by DIME, and a sealed message cannot go as plaintext`, '5.7.1');
     const [authorSignet, originSignet] = await Promise.all([o.store.user(sender), o.store.org(ourDomain)]);
     if (!authorSignet) throw gatewayError('SIGNET_NOT_FOUND', `${sender}: no published user signet`);
     if (!originSignet) throw gatewayError('SIGNET_NOT_FOUND', `${ourDomain}: no published organisational signet`);
@@ -177,12 +186,12 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
       // The object is the client's: a fault in it is permanent; the keystore's faults are not.
       if (isDimeError(err) && (err.code.startsWith('MESSAGE_') || err.code.startsWith('SIGNET_'))) {
         log.info({ event: 'gateway.outbound.refused', code: err.code, queueId: message.queueId }, 'client-sealed message does not verify');
-        return verdict.reply('550', `the message your DIME client sealed does not verify (${err.code})`, '5.7.0');
+        return refuseMessage(err.code, '550', `the message your DIME client sealed does not verify (${err.code})`, '5.7.0');
       }
       throw err;
     }
     if (signed.envelope.destination.toLowerCase() !== d.resolution.domain || signed.envelope.author.toLowerCase() !== sender.toLowerCase()) {
-      return verdict.reply('550', `the message your DIME client sealed is not from <${sender}> to ${d.resolution.domain}`, '5.7.0');
+      return refuseMessage('client-sealed-envelope', '550', `the message your DIME client sealed is not from <${sender}> to ${d.resolution.domain}`, '5.7.0');
     }
     const queued = await queueBundle(
       sender,
@@ -212,25 +221,26 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
     // The author signature is the sender's: only the account that authenticated may sign as it.
     if (sender.kind !== 'ordinary' && !sameUser(ctx.macro('auth_authen') ?? '', senderAddress, ourDomain)) {
       log.warn({ event: 'gateway.outbound.sender_mismatch', code: 'GATEWAY_SENDER_CANNOT_SEAL', queueId: message.queueId, sender: senderAddress }, 'sender is not the authenticated user');
-      return verdict.reply('550', `<${senderAddress}>: sender address is not the authenticated user's; the server signs only as the account that logged in`, '5.7.1');
+      return refuseMessage('GATEWAY_SENDER_CANNOT_SEAL', '550', `<${senderAddress}>: sender address is not the authenticated user's; the server signs only as the account that logged in`, '5.7.1');
     }
     if (sender.kind !== 'ordinary') {
       let object: Uint8Array | undefined;
       try {
         object = findDimeObject(message.headers, await message.body.bytes());
       } catch (err) {
-        if (isDimeError(err, 'GATEWAY_BAD_WRAPPER')) return verdict.reply('550', `the DIME part of your message cannot be read: ${err.message}`, '5.6.0');
+        if (isDimeError(err, 'GATEWAY_BAD_WRAPPER')) return refuseMessage(err.code, '550', `the DIME part of your message cannot be read: ${err.message}`, '5.6.0');
         throw err;
       }
       if (object) return clientSealed(ctx, message, senderAddress, recipients, object, log);
     }
     const decisions = await Promise.all(recipients.map((r) => decide(sender, r, ctx.signal)));
+    for (const d of decisions) recordDecision(d.kind);
     const refused = decisions.filter((d): d is Extract<Decision, { kind: 'refuse' }> => d.kind === 'refuse');
     if (refused.length > 0) {
       log.info({ event: 'gateway.outbound.refused', code: 'GATEWAY_NOT_DARK', queueId: message.queueId, recipients: refused.map((d) => d.recipient.address) }, 'message refused: a recipient cannot be reached as policy requires');
       const first = refused[0]!;
       const more = refused.length > 1 ? ` (and ${refused.length - 1} more)` : '';
-      return verdict.reply('550', `<${first.recipient.address}>: ${first.why}${more}`, first.xcode);
+      return refuseMessage(first.reason, '550', `<${first.recipient.address}>: ${first.why}${more}`, first.xcode);
     }
     const dark = decisions.filter((d): d is Extract<Decision, { kind: 'dark' }> => d.kind === 'dark');
     if (dark.length === 0) return verdict.continue();
@@ -248,7 +258,7 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
       // Beyond the gateway's limits: retrying cannot help, so a permanent refusal rather than a tempfail.
       if (isDimeError(err) && (err.code === 'MIME_TOO_LARGE' || err.code === 'MIME_HEADERS_TOO_LARGE')) {
         log.info({ event: 'gateway.outbound.refused', code: err.code, queueId: message.queueId }, 'message too large to seal');
-        return verdict.reply('552', `message too large to send by DIME: ${err.message}`, '5.3.4');
+        return refuseMessage(err.code, '552', `message too large to send by DIME: ${err.message}`, '5.3.4');
       }
       throw err;
     }

@@ -19,6 +19,7 @@ import type { ActorKeys } from '../dime/message/open.js';
 import { SOK_PERMISSIONS } from '../dime/signet/fields.js';
 import { concatBytes, readUint, utf8 } from '../dime/bytes.js';
 import { DimeError } from '../errors.js';
+import { meteredKeystore } from './metered.js';
 
 export { SOK_PERMISSIONS };
 
@@ -224,16 +225,16 @@ export function compressSecp256k1Point(value: Uint8Array): Uint8Array {
 
 // ---- the factory -------------------------------------------------------------------------------
 
-/** Open an existing keystore as the configuration describes it. */
+/** Open an existing keystore as the configuration describes it (timed on /metrics: metered.ts). */
 export async function openKeystore(config: KeystoreConfig, options: KeystoreOptions = {}): Promise<OrgKeystore> {
   const crypto = options.crypto ?? defaultCrypto();
   if (config.type === 'file') {
     const { FileKeystore } = await import('./file.js');
-    return FileKeystore.open(config, { ...options, crypto });
+    return meteredKeystore(FileKeystore.open(config, { ...options, crypto }));
   }
   if (config.type === 'pkcs11') {
     const { Pkcs11Keystore } = await import('./pkcs11.js');
-    return Pkcs11Keystore.open(config, { ...options, crypto });
+    return meteredKeystore(await Pkcs11Keystore.open(config, { ...options, crypto }));
   }
   throw new DimeError('CONFIG_INVALID', `keystore.type ${JSON.stringify((config as { type: unknown }).type)} is neither file nor pkcs11`);
 }
@@ -246,11 +247,11 @@ export async function createKeystore(config: KeystoreConfig, options: KeystoreOp
   const crypto = options.crypto ?? defaultCrypto();
   if (config.type === 'file') {
     const { FileKeystore } = await import('./file.js');
-    return FileKeystore.create(config, { ...options, crypto });
+    return meteredKeystore(FileKeystore.create(config, { ...options, crypto }));
   }
   if (config.type === 'pkcs11') {
     const { Pkcs11Keystore } = await import('./pkcs11.js');
-    return Pkcs11Keystore.create(config, { ...options, crypto });
+    return meteredKeystore(await Pkcs11Keystore.create(config, { ...options, crypto }));
   }
   throw new DimeError('CONFIG_INVALID', `keystore.type ${JSON.stringify((config as { type: unknown }).type)} is neither file nor pkcs11`);
 }

@@ -19,6 +19,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Logger } from '../log.js';
 import { DimeError, isDimeError } from '../errors.js';
+import { recordMilterFailure } from '../service-metrics.js';
 import {
   decodeCommand,
   encodeReplaceBody,
@@ -988,6 +989,7 @@ export class MilterSession {
     const cls = failureClass(err);
     let action = this.cfg.policy[cls];
     if (action === 'quarantine' && this.negotiated && (this.negotiated.actions & SMFIF.QUARANTINE) === 0) action = 'tempfail';
+    recordMilterFailure(cls, action);
     this.log.warn({ stage, class: cls, action, code: errorCode(err) }, `milter ${stage} failed: ${errorMessage(err)}`);
     return failureVerdict(action, cls);
   }

@@ -738,12 +738,21 @@ export class ResolverCache {
   // ---------------------------------------------------------------------------------- MX
 
   async mx(domain: string, lookup: (signal: AbortSignal) => Promise<MxLookup>, signal?: AbortSignal): Promise<MxResult> {
+    // Counted like records and signets, so the hit ratio on /metrics covers every cached kind.
+    this.metrics.inc('mx_lookups');
     const hot = this.store.peek('mx', domain);
-    if (hot && this.clock() < hot.fresh) return { kind: 'mx', value: hot.v, path: 'cache' };
+    if (hot && this.clock() < hot.fresh) {
+      this.metrics.inc('memory_hits');
+      return { kind: 'mx', value: hot.v, path: 'cache' };
+    }
     const flight = this.flights.run(`mx:${domain}`, async (): Promise<MxResult> => {
       const got = await this.store.get('mx', domain);
       const cached = got?.entry;
-      if (cached && this.clock() < cached.fresh) return { kind: 'mx', value: cached.v, path: 'cache' };
+      if (got && cached && this.clock() < cached.fresh) {
+        this.metrics.inc(got.tier === 'redis' ? 'redis_fresh_hits' : 'memory_hits');
+        return { kind: 'mx', value: cached.v, path: 'cache' };
+      }
+      this.metrics.inc('dns_lookups');
       const res = await this.bounded(lookup);
       const now = this.clock();
       if (res.kind === 'mx') {
