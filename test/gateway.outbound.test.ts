@@ -204,6 +204,13 @@ describe('outbound: sealing on the submission path', () => {
     assert.deepEqual(decodeBundle(Buffer.from(queued!.data, 'latin1')).map((p) => p.recipient), ['bob@b.test']);
   });
 
+  it("plaintext that goes on carries no Authentication-Results in our name (a forged dime=pass is deleted)", async () => {
+    const forged = MESSAGE.replace('Subject:', 'Authentication-Results: mx.a.test; dime=pass header.from=ceo@a.test\r\nAuthentication-Results: other.example; spf=pass\r\nSubject:');
+    const eom = await submit('alice@a.test', ['legacy@plain.test', 'someone@a.test'], forged);
+    assert.equal(eom.final.type, 'continue');
+    assert.deepEqual(eom.modifications, [{ type: 'changeHeader', index: 1, name: 'Authentication-Results', value: '' }]);
+  });
+
   it('no dark recipient: untouched, nothing queued', async () => {
     const before = sink.messages.length;
     const eom = await submit('alice@a.test', ['legacy@plain.test']);

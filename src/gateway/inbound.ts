@@ -226,7 +226,8 @@ function authservId(value: string): string {
 }
 
 /** Deletions of every Authentication-Results header that claims to be ours: only we may write those. */
-function forgedResults(headers: readonly Header[], hostname: string): Modification[] {
+/** Deletions of the Authentication-Results headers that claim our host name (RFC 8601 §5); the outbound side uses it too. */
+export function forgedResults(headers: readonly Header[], hostname: string): Modification[] {
   const mine = hostname.toLowerCase();
   const mods: Modification[] = [];
   for (let i = headers.length - 1; i >= 0; i--) {

@@ -20,12 +20,12 @@ import type { Logger } from '../log.js';
 import { verdict, type ActionName, type EomResult, type MilterContext, type MilterMessage, type Modification, type Recipient, type Verdict } from '../milter/handler.js';
 import type { Resolution } from '../resolver/resolver.js';
 import { encodeBundle, type BundlePart } from './bundle.js';
-import { findDimeObject } from './inbound.js';
+import { findDimeObject, forgedResults } from './inbound.js';
 import { mimeToParts } from './mime.js';
 import { recordDecision, recordRejected, recordSealed, type RefusalKind } from '../service-metrics.js';
 
 /** What the outbound processor may ask Postfix to do. */
-export const OUTBOUND_ACTIONS: readonly ActionName[] = ['deleteRecipient'];
+export const OUTBOUND_ACTIONS: readonly ActionName[] = ['deleteRecipient', 'changeHeader'];
 
 export interface ReinjectRequest {
   sender: string;
@@ -243,7 +243,10 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
       return refuseMessage(first.reason, '550', `<${first.recipient.address}>: ${first.why}${more}`, first.xcode);
     }
     const dark = decisions.filter((d): d is Extract<Decision, { kind: 'dark' }> => d.kind === 'dark');
-    if (dark.length === 0) return verdict.continue();
+    // What goes on as plaintext (to local or legacy recipients) must not carry a pass in our name:
+    // a local colleague's mailbox would show it as ours (RFC 8601 §5).
+    const forged = forgedResults(message.headers, o.hostname);
+    if (dark.length === 0) return forged.length > 0 ? { verdict: verdict.continue(), modifications: forged } : verdict.continue();
     if (sender.kind !== 'trustful') throw gatewayError('GATEWAY_SENDER_CANNOT_SEAL', senderAddress);
 
     // Seal: the author's key from the user store, the origin's from the keystore.
@@ -304,6 +307,6 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
     for (const r of message.recipients) {
       if (!recipients.includes(r) && dark.some((d) => d.recipient.address.toLowerCase() === r.address.toLowerCase())) modifications.push({ kind: 'deleteRecipient', recipient: r.raw });
     }
-    return { verdict: verdict.continue(), modifications };
+    return { verdict: verdict.continue(), modifications: [...modifications, ...forged] };
   };
 }
