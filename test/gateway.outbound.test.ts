@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import fc from 'fast-check';
 import { defaultCrypto } from '../src/crypto/index.js';
 import { generateKeys } from '../src/dime/keys.js';
 import { localActorKeys, openMessage, sealMessage } from '../src/dime/message/index.js';
@@ -337,6 +338,37 @@ describe('bundle codec', () => {
     }
     assert.equal(partFor(decodeBundle(bytes), 'Bea@b.TEST')?.message.length, 57 * 1000 + 5);
     assert.equal(partFor(decodeBundle(bytes), 'bea@b.test'), undefined, 'local parts are case-sensitive');
+  });
+
+  it('property: any parts round-trip; random and mutated bytes only ever fail with GATEWAY_BAD_BUNDLE', () => {
+    const recipient = fc.tuple(fc.stringMatching(/^[A-Za-z0-9._+-]{1,20}$/), fc.stringMatching(/^[a-z0-9-]{1,10}\.[a-z]{2,5}$/)).map(([l, d]) => `${l}@${d}`);
+    const partArb = fc.record({ recipient, message: fc.uint8Array({ minLength: 1, maxLength: 3000 }) });
+    fc.assert(
+      fc.property(fc.array(partArb, { minLength: 1, maxLength: 5 }), (ps) => {
+        const parts = ps.map((p) => ({ ...part(p.recipient, 1), message: p.message }));
+        const back = decodeBundle(encodeBundleBytes({ sender: 'a@b.test', hostname: 'h' }, parts));
+        assert.deepEqual(back.map((p) => [p.recipient, Buffer.from(p.message).toString('hex')]), parts.map((p) => [p.recipient, Buffer.from(p.message).toString('hex')]));
+      }),
+      { numRuns: 100 },
+    );
+    const good = encodeBundleBytes({ sender: 'a@b.test', hostname: 'h' }, [part('bob@b.test', 300), part('bea@b.test', 10)]);
+    const onlyBadBundle = (bytes: Uint8Array) => {
+      try {
+        decodeBundle(bytes);
+      } catch (e) {
+        assert.ok(e instanceof DimeError && e.code === 'GATEWAY_BAD_BUNDLE', String(e));
+      }
+    };
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 2000 }), onlyBadBundle), { numRuns: 300 });
+    fc.assert(
+      fc.property(fc.array(fc.tuple(fc.nat(good.length - 1), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 8 }), fc.nat(good.length), (flips, cut) => {
+        const m = Buffer.from(good);
+        for (const [at, v] of flips) m[at] = v;
+        onlyBadBundle(m.subarray(0, cut));
+        onlyBadBundle(m);
+      }),
+      { numRuns: 300 },
+    );
   });
 
   it('refuses what it did not write, with GATEWAY_BAD_BUNDLE', () => {
