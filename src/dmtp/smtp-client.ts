@@ -60,9 +60,15 @@ export interface SmtpMessage {
   body: Iterable<Uint8Array> | AsyncIterable<Uint8Array>;
   timeouts?: Partial<SmtpTimeouts>;
   signal?: AbortSignal;
+  /**
+   * SMTP AUTH PLAIN (RFC 4954) after EHLO, for submission. Sent only if EHLO advertises PLAIN;
+   * otherwise the message is refused at stage 'auth' without sending the credentials. No TLS here:
+   * use it over loopback or a unix socket only.
+   */
+  auth?: { user: string; password: string };
 }
 
-export type SmtpStage = 'connect' | 'greeting' | 'ehlo' | 'mail' | 'rcpt' | 'data' | 'message';
+export type SmtpStage = 'connect' | 'greeting' | 'ehlo' | 'auth' | 'mail' | 'rcpt' | 'data' | 'message';
 
 export type SmtpOutcome =
   | { accepted: true; reply: Reply }
@@ -78,6 +84,11 @@ function checkPath(value: string, what: string, allowEmpty: boolean): void {
 /** Text of a reply for logs and refusals, one line. */
 export function smtpReplyText(reply: Reply): string {
   return `${reply.code} ${reply.lines.join(' / ')}`.slice(0, 300);
+}
+
+/** Whether an EHLO reply offers SASL PLAIN (`AUTH PLAIN LOGIN`, or the pre-RFC `AUTH=PLAIN`). */
+function offersAuthPlain(ehlo: Reply): boolean {
+  return ehlo.lines.some((l) => /^AUTH[ =]/i.test(l) && l.slice(5).trim().split(/\s+/).some((m) => m.toUpperCase() === 'PLAIN'));
 }
 
 /**
@@ -148,6 +159,10 @@ export async function sendMail(message: SmtpMessage): Promise<SmtpOutcome> {
   if (message.to.length === 0) throw new DimeError('DMTP_BAD_ARGUMENT', 'at least one recipient');
   for (const r of message.to) checkPath(r, 'recipient', false);
   if (!/^[A-Za-z0-9.-]{1,253}$/.test(message.helo)) throw new DimeError('DMTP_BAD_ARGUMENT', `EHLO name ${JSON.stringify(message.helo)}`);
+  // NUL separates PLAIN's fields. The error names the user only: the password is never echoed.
+  if (message.auth && (message.auth.user === '' || /\0/.test(message.auth.user) || /\0/.test(message.auth.password))) {
+    throw new DimeError('DMTP_BAD_ARGUMENT', `AUTH PLAIN user ${JSON.stringify(message.auth.user)}: empty user, or a NUL in the user or the password`);
+  }
   const t = { ...DEFAULT_SMTP_TIMEOUTS, ...message.timeouts };
   const { signal } = message;
   if (signal?.aborted) return { accepted: false, temporary: true, stage: 'connect', reason: 'aborted before connecting' };
@@ -188,6 +203,16 @@ export async function sendMail(message: SmtpMessage): Promise<SmtpOutcome> {
         r = await expect(positive);
         if (isOutcome(r)) return r;
       } else return r;
+    }
+    if (message.auth) {
+      stage = 'auth';
+      // A server that does not offer PLAIN (or answered HELO: no extensions) never sees the credentials.
+      if (!offersAuthPlain(r)) return { accepted: false, temporary: false, stage, reason: 'the server does not offer AUTH PLAIN' };
+      // Initial response (RFC 4954 §4): authzid empty, then user and password, NUL-separated.
+      const token = Buffer.from(`\0${message.auth.user}\0${message.auth.password}`, 'utf8').toString('base64');
+      await conn.write(`AUTH PLAIN ${token}\r\n`);
+      r = await expect((c) => c === 235);
+      if (isOutcome(r)) return r;
     }
     stage = 'mail';
     await conn.write(`MAIL FROM:<${message.from}>\r\n`);
