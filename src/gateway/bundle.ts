@@ -8,9 +8,8 @@
  * of the original message.
  */
 import { randomBytes } from 'node:crypto';
-import { base64DecodeStrict } from '../dime/base64.js';
 import { DimeError } from '../errors.js';
-import { fieldName, parseHeaderBlock, scanHeaderBlock, splitMultipart, unfoldedText, type Field } from './mime-scan.js';
+import { decodeMimeBase64, fieldName, parseHeaderBlock, scanHeaderBlock, splitMultipart, unfoldedText, type Field } from './mime-scan.js';
 import { MAX_MESSAGE_BYTES } from './mime.js';
 
 export const BUNDLE_CONTENT_TYPE = 'application/x-dime-message';
@@ -183,13 +182,8 @@ export function decodeBundle(raw: Uint8Array): BundlePart[] {
     if ((h.get('content-transfer-encoding') ?? '').toLowerCase() !== 'base64') throw bad(`part ${i} is not base64`);
     const recipient = h.get('x-dime-recipient');
     if (!recipient || !/^[\x21-\x7e]{1,320}$/.test(recipient) || !recipient.includes('@')) throw bad(`part ${i} has no valid X-DIME-Recipient`);
-    let message: Uint8Array;
-    try {
-      message = base64DecodeStrict(buf.toString('latin1', block.bodyStart, end).replace(/\r?\n/g, ''));
-    } catch (err) {
-      throw bad(`part ${i} (${recipient}): ${(err as Error).message}`);
-    }
-    if (message.length === 0) throw bad(`part ${i} (${recipient}) is empty`);
+    const message = decodeMimeBase64(buf, block.bodyStart, end);
+    if (!message || message.length === 0) throw bad(`part ${i} (${recipient}): the body is not base64, or empty`);
     return { recipient, origin: parseRef(h.get('x-dime-origin'), `part ${i} X-DIME-Origin`), destination: parseRef(h.get('x-dime-destination'), `part ${i} X-DIME-Destination`), message };
   });
 }

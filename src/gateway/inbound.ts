@@ -64,7 +64,7 @@ import type { Logger } from '../log.js';
 import { headerIndexAt, modify, verdict, type ActionName, type EomResult, type Header, type MilterContext, type MilterMessage, type Modification } from '../milter/handler.js';
 import { recordOpened, recordRejected } from '../service-metrics.js';
 import { partsToMime } from './mime.js';
-import { CR, LF, fieldName, parseHeaderBlock, parseMimeValue, scanHeaderBlock, splitMultipart, unfoldedText } from './mime-scan.js';
+import { CR, LF, decodeMimeBase64, fieldName, parseHeaderBlock, parseMimeValue, scanHeaderBlock, splitMultipart, unfoldedText } from './mime-scan.js';
 
 /** The MIME type of a DMIME object in mail (the relay's wrapper, bundles, DIME clients). */
 export const DIME_CONTENT_TYPE = 'application/x-dime-message';
@@ -116,11 +116,9 @@ function headerText(headers: readonly HeaderLike[], name: string): string | unde
 
 /** RFC 2045 base64 content: line breaks and blanks between groups are allowed, nothing else. */
 function decodeBase64Body(buf: Buffer, start: number, end: number): Uint8Array {
-  const text = buf.toString('latin1', start, end).replace(/[\r\n\t ]+/g, '');
-  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(text) || text.length % 4 !== 0 || text.length === 0) {
-    throw new DimeError('GATEWAY_BAD_WRAPPER', 'the DIME part is not base64');
-  }
-  return new Uint8Array(Buffer.from(text, 'base64'));
+  const bytes = decodeMimeBase64(buf, start, end);
+  if (!bytes) throw new DimeError('GATEWAY_BAD_WRAPPER', 'the DIME part is not base64');
+  return bytes;
 }
 
 function checkEncoding(cte: string | undefined): void {
