@@ -91,6 +91,8 @@ describe('outbound: sealing on the submission path', () => {
     await signets.put(await createOrgSignet({ signer: keystore.pok, encryptionKey: keystore.encryptionPublicKey, domain: 'a.test' }));
     const users = new UserKeyStore({ dataDir: dir, domain: 'a.test', keystore, signets, crypto, logger: log });
     await users.add('alice@a.test');
+    // A trustful key sealed only under its owner's password: the server cannot open it on its own.
+    await users.add('pia@a.test', { escrow: false, password: 'pia has a long password' });
     carolKeys = generateKeys('user', crypto);
     await users.add('carol@a.test', { mode: 'cautious', request: await createSigningRequest({ signer: crypto.ed25519Signer(carolKeys.signingKey), encryptionKey: crypto.secp256k1PublicKey(carolKeys.encryptionKey) }), encryptedKey: new Uint8Array([1, 2, 3]) });
     b = await farDomain('b.test', ['bob', 'bea']);
@@ -210,6 +212,33 @@ describe('outbound: sealing on the submission path', () => {
     const eom = await submit('alice@a.test', ['legacy@plain.test', 'someone@a.test'], forged);
     assert.equal(eom.final.type, 'continue');
     assert.deepEqual(eom.modifications, [{ type: 'changeHeader', index: 1, name: 'Authentication-Results', value: '' }]);
+  });
+
+  it('8-bit headers and body are sealed byte for byte', async () => {
+    const eight = Buffer.from(MESSAGE.replace('Subject: The quarterly numbers', 'Subject: Grüße aus Köln — Zahlen').replace('Bob, the numbers', 'Bob, die Zahlen (€)'), 'utf8').toString('latin1');
+    const client = await MilterClient.connect({ port });
+    let eom;
+    try {
+      await client.negotiate();
+      client.macro('C', { '{auth_authen}': 'alice' });
+      await client.connectEvent();
+      const { headers, body } = split(eight);
+      // The test client sends strings as UTF-8: hand it the bytes' latin1 view back as real text.
+      const asText = (t: string) => Buffer.from(t, 'latin1').toString('utf8');
+      eom = (await client.sendMessage({ from: '<alice@a.test>', rcpts: ['<bob@b.test>'], headers: headers.map(([n, v]) => [n, asText(v)]), body: Buffer.from(body, 'latin1') })).eom!;
+    } finally {
+      client.destroy();
+    }
+    assert.equal(eom.final.type, 'discard');
+    const queued = sink.messages[sink.messages.length - 1]!;
+    const [p] = decodeBundle(Buffer.from(queued.data, 'latin1'));
+    assert.equal((await openAs(p!, b)).mime, eight);
+  });
+
+  it("a trustful key that only its owner's password opens: tempfail, nothing queued", async () => {
+    const before = sink.messages.length;
+    assert.equal((await submit('pia@a.test', ['bob@b.test'])).final.type, 'tempfail');
+    assert.equal(sink.messages.length, before);
   });
 
   it('no dark recipient: untouched, nothing queued', async () => {
