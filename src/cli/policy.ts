@@ -37,8 +37,8 @@ const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'
 
 interface PolicyOptions {
   config?: string;
-  listen: string;
-  socketmap: string;
+  listen?: string;
+  socketmap?: string;
   darkDomain?: string[];
   darkRoute: string;
   failureAction: string;
@@ -61,8 +61,8 @@ export function registerPolicyCommands(program: Command): void {
     .command('policy')
     .description('run the Postfix policy delegation and socketmap services (docs/policy.md) until SIGTERM/SIGINT')
     .option('--config <file>', 'configuration file: with a dark domain, legacy mail for it is refused while its record says pol=strict ([gateway] strict_inbound)')
-    .option('--listen <endpoint>', 'policy delegation endpoint, inet:HOST:PORT or unix:PATH', DEFAULT_POLICY_LISTEN)
-    .option('--socketmap <endpoint>', 'socketmap endpoint for transport_maps, inet:HOST:PORT or unix:PATH', DEFAULT_SOCKETMAP_LISTEN)
+    .option('--listen <endpoint>', `policy delegation endpoint, inet:HOST:PORT or unix:PATH (default: [policy] listen with --config, else ${DEFAULT_POLICY_LISTEN})`)
+    .option('--socketmap <endpoint>', `socketmap endpoint for transport_maps, inet:HOST:PORT or unix:PATH (default: [policy] socketmap with --config, else ${DEFAULT_SOCKETMAP_LISTEN})`)
     .option('--dark-domain <domain>', 'a DIME domain: its recipients get --dark-route from the socketmap (repeatable)', collect)
     .option('--dark-route <transport:nexthop>', 'transport(5) result for dark recipients', DEFAULT_DARK_ROUTE)
     .option('--failure-action <action>', 'policy answer when a decision fails or times out', formatPolicyAction(DEFAULT_FAILURE_ACTION))
@@ -75,8 +75,9 @@ export function registerPolicyCommands(program: Command): void {
 async function runPolicy(opts: PolicyOptions): Promise<void> {
   // Validate everything before binding anything: a usage error exits 2 with nothing half-started.
   if (opts.logLevel !== undefined && !LOG_LEVELS.includes(opts.logLevel)) throw new DimeError('USAGE', `--log-level must be one of ${LOG_LEVELS.join(', ')}`);
-  const policyAt = parseSocketSpec(opts.listen);
-  const socketmapAt = parseSocketSpec(opts.socketmap);
+  const config = opts.config !== undefined ? loadConfig(opts.config) : undefined;
+  const policyAt = parseSocketSpec(opts.listen ?? config?.policy.listen ?? DEFAULT_POLICY_LISTEN);
+  const socketmapAt = parseSocketSpec(opts.socketmap ?? config?.policy.socketmap ?? DEFAULT_SOCKETMAP_LISTEN);
   const domains = (opts.darkDomain ?? []).map(normalizeDomain);
   const route = validateRoute(opts.darkRoute);
   let failureAction: PolicyAction;
@@ -95,7 +96,6 @@ async function runPolicy(opts: PolicyOptions): Promise<void> {
   }
 
   // With a configured dark domain: the pol=strict rule (docs/mail-flow.md), our record read through the resolver.
-  const config = opts.config !== undefined ? loadConfig(opts.config) : undefined;
   let handler: PolicyHandler = dunnoPolicy;
   let closeResolver = async (): Promise<void> => {};
   if (config?.domain) {
