@@ -167,9 +167,6 @@ export class MilterServer {
         socket.once('close', () => clearTimeout(linger));
       },
     };
-    // Replies are small packets answering small packets: with Nagle on, one waits for the MTA's
-    // delayed ACK (40 ms on Linux) whenever an earlier reply is still unacknowledged.
-    socket.setNoDelay(true);
     const session = new MilterSession(this.config, transport);
     this.sessions.set(session, socket);
     this.log.debug({ conn: session.id, peer: socket.remoteAddress ?? 'unix' }, 'milter connection');
