@@ -26,3 +26,35 @@ describe('dime demo', () => {
     assert.equal(o.hops.length, 5);
   });
 });
+
+describe('npm run quickstart (the README\'s first command, after npm ci)', () => {
+  it('shows the demo, bootstraps a dark domain, and leaves a running sidecar that stops cleanly', { timeout: 120_000 }, async () => {
+    const { spawn } = await import('node:child_process');
+    const path = await import('node:path');
+    const { fileURLToPath } = await import('node:url');
+    const { scratchDir } = await import('./helpers/cli.js');
+    const script = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../scripts/quickstart.sh');
+    const dir = path.join(scratchDir('dime-quickstart-'), 'demo');
+    // The script ends in `exec dime start`, so this child becomes the sidecar itself.
+    const child = spawn('bash', [script, 'quick.test', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    try {
+      const deadline = Date.now() + 90_000;
+      while (!/"msg":"dime started"/.test(out)) {
+        if (Date.now() > deadline || child.exitCode !== null) assert.fail(`no running sidecar:\n${out.slice(-3000)}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.match(out, /the original message, byte for byte/);
+      assert.match(out, /_dx\.quick\.test\. 3600 IN TXT "ver=1 pok=/);
+      assert.match(out, /added: postmaster@quick\.test\s+trustful/);
+      for (const service of ['gateway', 'milter', 'policy', 'socketmap', 'relay', 'lmtp', 'metrics']) assert.match(out, new RegExp(`"${service}=`));
+      const health = await fetch('http://127.0.0.1:9464/healthz');
+      assert.equal(health.status, 200);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    assert.equal(await new Promise<number | null>((r) => child.once('exit', (c) => r(c))), 0, out.slice(-2000));
+  });
+});

@@ -76,7 +76,8 @@ export async function startSidecar(config: DimeConfig, log: Logger, metricsListe
     await start('gateway', config.keystore.type === 'file' ? config.keystore.file : `${config.keystore.module} token ${config.keystore.token}`, async () => {
       const g = await openGateway(config, log);
       gateway = g;
-      return { name: 'gateway', address: config.gateway.bundleService, close: () => g.close() };
+      // Nothing of ours listens for the gateway: it runs inside the milter and re-injects to Postfix.
+      return { name: 'gateway', address: `in the milter, re-injecting to ${config.gateway.bundleService}`, close: () => g.close() };
     });
   } else {
     log.info('gateway off: the configuration has no domain (dime init), so the milter passes every message through');
