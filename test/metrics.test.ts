@@ -51,7 +51,7 @@ import type { MxLookup } from '../src/resolver/dns.js';
 import type { Resolution } from '../src/resolver/resolver.js';
 // Loaded for its metrics (the resolution histogram), as `dime start` loads it.
 import '../src/resolver/resolver.js';
-import { DIME_BIN, dime, scratchDir } from './helpers/cli.js';
+import { DIME_BIN, initDomain, scratchDir } from './helpers/cli.js';
 import { vectorParties } from './helpers/dime-parties.js';
 import { MilterClient } from './helpers/milter-client.js';
 import { connectClient, startMailSink, type MailSink } from './helpers/postfix.js';
@@ -617,31 +617,9 @@ describe('resolver cache metrics', () => {
 // ------------------------------------------------------------------------------------ dime start
 
 describe('GET /metrics on `dime start`', () => {
-  async function freePort(): Promise<number> {
-    const s = net.createServer();
-    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-    const port = (s.address() as net.AddressInfo).port;
-    await new Promise<void>((r) => s.close(() => r()));
-    return port;
-  }
-
   it('lists every service metric, and the gateway counters move with the mail the milter sees', async () => {
-    const dir = scratchDir('dime-metrics-start-');
-    const init = dime(['init', '--domain', 'a.test', '--dir', dir]);
-    assert.equal(init.status, 0, init.stderr);
-    const file = path.join(dir, 'dime.toml');
-    const ports: number[] = [];
-    for (let i = 0; i < 6; i++) ports.push(await freePort());
-    let text = fs.readFileSync(file, 'utf8');
-    const set = (section: string, key: string, v: string) => {
-      text = text.replace(new RegExp(`(\\[${section}\\][^\\[]*?)${key} = "[^"]*"`), `$1${key} = "${v}"`);
-    };
-    set('milter', 'listen', `inet:127.0.0.1:${ports[0]}`);
-    set('policy', 'listen', `inet:127.0.0.1:${ports[1]}`);
-    set('policy', 'socketmap', `inet:127.0.0.1:${ports[2]}`);
-    set('relay', 'listen', `inet:127.0.0.1:${ports[3]}`);
-    set('relay', 'lmtp_listen', `inet:127.0.0.1:${ports[4]}`);
-    fs.writeFileSync(file, text);
+    const { file, ports: p } = await initDomain('a.test', 'dime-metrics-start-');
+    const ports = [p.milter, p.policy, p.socketmap, p.relay, p.lmtp, p.metrics];
     const child = spawn(process.execPath, [DIME_BIN, 'start', '--config', file, '--metrics', `inet:127.0.0.1:${ports[5]}`], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += d));

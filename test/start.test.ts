@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { DIME_BIN, dime, scratchDir } from './helpers/cli.js';
+import { DIME_BIN, dime, initDomain, scratchDir } from './helpers/cli.js';
 
 async function freePort(): Promise<number> {
   const s = net.createServer();
@@ -81,22 +81,9 @@ describe('dime start', () => {
   });
 
   it('after dime init, the relay starts too, with the keystore holding the organisation key', async () => {
-    const dir = scratchDir();
-    const init = dime(['init', '--domain', 'a.test', '--dir', dir]);
-    assert.equal(init.status, 0, init.stderr);
-    const file = path.join(dir, 'dime.toml');
-    assert.ok(fs.existsSync(file), 'dime init writes dime.toml');
-    const ports = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
-    let text = fs.readFileSync(file, 'utf8');
-    const set = (section: string, key: string, value: string) => {
-      text = text.replace(new RegExp(`(\\[${section}\\][^\\[]*?)${key} = "[^"]*"`), `$1${key} = "${value}"`);
-    };
-    set('milter', 'listen', `inet:127.0.0.1:${ports[0]}`);
-    set('policy', 'listen', `inet:127.0.0.1:${ports[1]}`);
-    set('policy', 'socketmap', `inet:127.0.0.1:${ports[2]}`);
-    set('relay', 'listen', `inet:127.0.0.1:${ports[3]}`);
-    set('relay', 'lmtp_listen', `inet:127.0.0.1:${ports[5]}`);
-    fs.writeFileSync(file, text);
+    const { dir, file, ports: p } = await initDomain('a.test');
+    assert.ok(fs.existsSync(path.join(dir, 'dime.toml')), 'dime init writes dime.toml');
+    const ports = [p.milter, p.policy, p.socketmap, p.relay, p.metrics];
     const child = spawn(process.execPath, [DIME_BIN, 'start', '--config', file, '--metrics', `inet:127.0.0.1:${ports[4]}`], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += d));
@@ -122,20 +109,8 @@ describe('dime start', () => {
   });
 
   it('split deployments: dime milter runs the gateway, dime relay the LMTP leg, dime policy the strict rule', async () => {
-    const dir = scratchDir();
-    assert.equal(dime(['init', '--domain', 'split.test', '--dir', dir]).status, 0);
-    const file = path.join(dir, 'dime.toml');
-    const ports = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
-    let text = fs.readFileSync(file, 'utf8');
-    const set = (section: string, key: string, value: string) => {
-      text = text.replace(new RegExp(`(\\[${section}\\][^\\[]*?)${key} = "[^"]*"`), `$1${key} = "${value}"`);
-    };
-    set('milter', 'listen', `inet:127.0.0.1:${ports[0]}`);
-    set('policy', 'listen', `inet:127.0.0.1:${ports[1]}`);
-    set('policy', 'socketmap', `inet:127.0.0.1:${ports[2]}`);
-    set('relay', 'listen', `inet:127.0.0.1:${ports[3]}`);
-    set('relay', 'lmtp_listen', `inet:127.0.0.1:${ports[4]}`);
-    fs.writeFileSync(file, text);
+    const { file, ports: p } = await initDomain('split.test');
+    const ports = [p.milter, p.policy, p.socketmap, p.relay, p.lmtp];
     const run = async (args: string[], ready: RegExp, check: (stderr: string) => void) => {
       const child = spawn(process.execPath, [DIME_BIN, ...args, '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
       let stderr = '';

@@ -63,3 +63,21 @@ export function base64DecodeStrict(text: string): Uint8Array {
   if (base64EncodeNoPad(bytes) !== body) throw new DimeError('BASE64_INVALID', 'non-zero trailing bits');
   return bytes;
 }
+
+/** MIME base64 line length (RFC 2045 §6.8). */
+const MIME_BASE64_LINE = 76;
+/** Raw octets per slice: whole lines (57 octets each), about 56 KiB per piece. */
+const MIME_BASE64_SLICE = 57 * 1000;
+
+/**
+ * `bytes` as MIME base64 body lines (76 characters, CRLF), in slices, so that a message of tens of
+ * MiB is never encoded as one string. Used by the relay's inbound wrapper and the gateway's bundle.
+ */
+export function* base64MimeLines(bytes: Uint8Array): Generator<Buffer> {
+  for (let at = 0; at < bytes.length; at += MIME_BASE64_SLICE) {
+    const b64 = Buffer.from(bytes.buffer, bytes.byteOffset + at, Math.min(MIME_BASE64_SLICE, bytes.length - at)).toString('base64');
+    let text = '';
+    for (let i = 0; i < b64.length; i += MIME_BASE64_LINE) text += `${b64.slice(i, i + MIME_BASE64_LINE)}\r\n`;
+    yield Buffer.from(text, 'latin1');
+  }
+}

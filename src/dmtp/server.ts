@@ -16,7 +16,7 @@
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import type { CryptoBackend } from '../crypto/backend.js';
-import { base64DecodeStrict } from '../dime/base64.js';
+import { base64DecodeStrict, base64MimeLines } from '../dime/base64.js';
 import { ActorReader, CHUNK, decodeDestinationEnvelope, openMessage, type ActorKeys, type DestinationEnvelope } from '../dime/message/index.js';
 import { fingerprint, fingerprints, type Signet } from '../dime/signet/index.js';
 import { DimeError, isDimeError, type ErrorCode } from '../errors.js';
@@ -193,10 +193,6 @@ export class DmtpServer {
 
 // ------------------------------------------------------------------------------------ MIME wrapper
 
-const BASE64_LINE = 76;
-/** Raw octets per base64 slice: whole lines (57 octets each), about 56 KiB per write. */
-const BASE64_SLICE = 57 * 1000;
-
 export interface InboundWrapperInfo {
   /** The DMIME object as received. */
   message: Uint8Array;
@@ -266,13 +262,7 @@ export function* inboundWrapper(info: InboundWrapperInfo): Generator<Buffer> {
     '',
   ].join('\r\n');
   yield Buffer.from(head, 'latin1');
-  const m = info.message;
-  for (let at = 0; at < m.length; at += BASE64_SLICE) {
-    const b64 = Buffer.from(m.buffer, m.byteOffset + at, Math.min(BASE64_SLICE, m.length - at)).toString('base64');
-    let text = '';
-    for (let i = 0; i < b64.length; i += BASE64_LINE) text += `${b64.slice(i, i + BASE64_LINE)}\r\n`;
-    yield Buffer.from(text, 'latin1');
-  }
+  yield* base64MimeLines(info.message);
   yield Buffer.from(`--${boundary}--\r\n`, 'latin1');
 }
 

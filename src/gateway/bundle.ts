@@ -8,6 +8,7 @@
  * of the original message.
  */
 import { randomBytes } from 'node:crypto';
+import { base64MimeLines } from '../dime/base64.js';
 import { DimeError } from '../errors.js';
 import { decodeMimeBase64, fieldName, parseHeaderBlock, scanHeaderBlock, splitMultipart, unfoldedText, type Field } from './mime-scan.js';
 import { MAX_MESSAGE_BYTES } from './mime.js';
@@ -16,9 +17,6 @@ export const BUNDLE_CONTENT_TYPE = 'application/x-dime-message';
 export const BUNDLE_MARKER = 'X-DIME-Bundle';
 /** One part per dark recipient; Postfix's default recipient limit per message is far above this. */
 export const MAX_BUNDLE_PARTS = 1000;
-/** base64 line length (RFC 2045) and the slice encoded at a time (a multiple of 3 bytes and of 57). */
-const BASE64_LINE = 76;
-const BASE64_SLICE = 57 * 1000;
 /** A bundle is sealed copies of one message: bounded by the gateway's message limit times the parts, and by the queue's. */
 export const MAX_BUNDLE_BYTES = 2 * MAX_MESSAGE_BYTES;
 
@@ -95,13 +93,7 @@ export function* encodeBundle(info: BundleInfo, parts: readonly BundlePart[]): G
   yield Buffer.from(head, 'latin1');
   for (const [i, p] of parts.entries()) {
     yield Buffer.from(`--${boundary}\r\n${heads[i]!.join('\r\n')}\r\n\r\n`, 'latin1');
-    const m = p.message;
-    for (let at = 0; at < m.length; at += BASE64_SLICE) {
-      const b64 = Buffer.from(m.buffer, m.byteOffset + at, Math.min(BASE64_SLICE, m.length - at)).toString('base64');
-      let text = '';
-      for (let j = 0; j < b64.length; j += BASE64_LINE) text += `${b64.slice(j, j + BASE64_LINE)}\r\n`;
-      yield Buffer.from(text, 'latin1');
-    }
+    yield* base64MimeLines(p.message);
   }
   yield Buffer.from(`--${boundary}--\r\n`, 'latin1');
 }

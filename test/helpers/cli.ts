@@ -42,3 +42,51 @@ export function oneJsonObject(stdout: string): any {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error(`not a JSON object: ${lines[0]}`);
   return value;
 }
+
+/** Listeners `dime start` binds, as dime init writes them, each moved to a port of its own. */
+export interface InitedDomain {
+  dir: string;
+  file: string;
+  ports: { milter: number; policy: number; socketmap: number; relay: number; lmtp: number; metrics: number };
+}
+
+async function freePort(): Promise<number> {
+  const { createServer } = await import('node:net');
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+/**
+ * `dime init` of a domain in a scratch directory, its configuration's listeners moved to free
+ * loopback ports, so several `dime start` processes (and test files) can run side by side.
+ */
+export async function initDomain(domain: string, prefix = 'dime-init-'): Promise<InitedDomain> {
+  const dir = scratchDir(prefix);
+  const init = dime(['init', '--domain', domain, '--dir', dir]);
+  if (init.status !== 0) throw new Error(`dime init ${domain} failed: ${init.stderr}`);
+  const file = path.join(dir, 'dime.toml');
+  const taken = new Set<number>();
+  const next = async () => {
+    let p = await freePort();
+    while (taken.has(p)) p = await freePort();
+    taken.add(p);
+    return p;
+  };
+  const ports = { milter: await next(), policy: await next(), socketmap: await next(), relay: await next(), lmtp: await next(), metrics: await next() };
+  let text = fs.readFileSync(file, 'utf8');
+  const set = (section: string, key: string, value: string) => {
+    const before = text;
+    text = text.replace(new RegExp(`(\\[${section}\\][^\\[]*?)\\b${key} = "[^"]*"`), `$1${key} = "${value}"`);
+    if (text === before) throw new Error(`dime init wrote no [${section}] ${key}`);
+  };
+  set('milter', 'listen', `inet:127.0.0.1:${ports.milter}`);
+  set('policy', 'listen', `inet:127.0.0.1:${ports.policy}`);
+  set('policy', 'socketmap', `inet:127.0.0.1:${ports.socketmap}`);
+  set('relay', 'listen', `inet:127.0.0.1:${ports.relay}`);
+  set('relay', 'lmtp_listen', `inet:127.0.0.1:${ports.lmtp}`);
+  fs.writeFileSync(file, text);
+  return { dir, file, ports };
+}
