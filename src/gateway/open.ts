@@ -9,12 +9,11 @@ import { DimeError } from '../errors.js';
 import { openOrg } from '../keystore/org.js';
 import type { Logger } from '../log.js';
 import type { MilterHandler } from '../milter/handler.js';
-import { createNetworkResolver } from '../resolver/dmtp-fetcher.js';
+import { ResolverSignetSource, createNetworkResolver } from '../resolver/dmtp-fetcher.js';
 import type { Resolver } from '../resolver/resolver.js';
 import { createDimeHandler, type DimeHandlerOptions } from './handler.js';
 import { createInboundProcessor, INBOUND_ACTIONS } from './inbound.js';
 import { createOutboundProcessor, OUTBOUND_ACTIONS } from './outbound.js';
-import { ResolverSignetSource } from '../resolver/dmtp-fetcher.js';
 import type { RecordPolicy } from '../dime/record.js';
 import { publishedPolicy } from '../policy/dime-policy.js';
 
