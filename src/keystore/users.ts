@@ -663,14 +663,21 @@ export class UserKeyStore {
       return keys;
     };
     const c = this.o.crypto;
+    // A handle serves one message (its author signatures: four per message). The imported key is
+    // kept only by this handle and only while the cache holds the same keys: every sign asks the
+    // cache first, so eviction or lockAll() stops it, and nothing outlives the handle.
+    let imported: { keys: DimeKeys; signer: Signer } | undefined;
     return {
       address: a,
       generation: g,
       encryptionPublicKey: fromHex(gen.encryptionKey),
       signer: {
         publicKey: base64DecodeStrict(gen.signingKey),
-        // Signed from the cached seed each time: no long-lived KeyObject that eviction could not wipe.
-        sign: async (message) => c.ed25519Sign((await current()).signingKey, message),
+        sign: async (message) => {
+          const keys = await current();
+          if (imported?.keys !== keys) imported = { keys, signer: c.ed25519Signer(keys.signingKey) };
+          return imported.signer.sign(message);
+        },
       },
       actorKeys: { ecdh: async (publicKey) => c.secp256k1Ecdh((await current()).encryptionKey, publicKey) },
     };
