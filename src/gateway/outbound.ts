@@ -96,10 +96,6 @@ function refuseMessage(reason: ErrorCode | RefusalKind, code: string, text: stri
   return verdict.reply(code, text, xcode);
 }
 
-function gatewayError(code: ErrorCode, detail: string): DimeError {
-  return new DimeError(code, detail);
-}
-
 /** SASL login names come as `alice` or `alice@domain` depending on the realm setup. */
 function sameUser(login: string, sender: string, domain: string): boolean {
   const l = login.toLowerCase();
@@ -132,7 +128,7 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
     const res = await o.resolve(address, signal);
     switch (res.status) {
       case 'ok':
-        if (!res.org || !res.user) throw gatewayError('RESOLVE_FETCH_FAILED', `${address}: resolution ok without both signets`);
+        if (!res.org || !res.user) throw new DimeError('RESOLVE_FETCH_FAILED', `${address}: resolution ok without both signets`);
         if (sender.kind === 'trustful') return { kind: 'dark', recipient, resolution: res as Extract<Decision, { kind: 'dark' }>['resolution'] };
         if (sender.kind === 'sealed-account') {
           return { kind: 'refuse', recipient, xcode: '5.7.1', why: `reads DIME, and the server holds no key to seal for your ${sender.mode} account: send from a DIME client`, reason: 'sealed-account' };
@@ -141,7 +137,7 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
         if (res.policy === 'strict' || required) return { kind: 'refuse', recipient, xcode: '5.7.1', why: `must be reached by DIME, and your account has no DIME keys`, reason: 'dime-required' };
         return { kind: 'legacy', recipient };
       case 'no-record':
-        if (!res.plaintextAllowed) throw gatewayError(res.error?.code ?? 'RESOLVE_DEADLINE', `${address}: no record, but not a validated one`);
+        if (!res.plaintextAllowed) throw new DimeError(res.error?.code ?? 'RESOLVE_DEADLINE', `${address}: no record, but not a validated one`);
         if (required) return { kind: 'refuse', recipient, xcode: '5.7.1', why: `cannot be reached by DIME (${res.domain} publishes no DIME record), and policy requires DIME`, reason: 'dime-required' };
         return { kind: 'legacy', recipient };
       case 'no-signet':
@@ -157,7 +153,7 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
   /** Re-inject the sealed parts as one bundle: the last step before the verdict. Returns the bundle's queue id. */
   async function queueBundle(sender: string, bundle: BundlePart[], signal: AbortSignal): Promise<string | undefined> {
     const outcome = await o.reinject({ sender, recipients: bundle.map((p) => p.recipient), body: encodeBundle({ sender, hostname: o.hostname }, bundle), signal });
-    if (!outcome.accepted) throw gatewayError('GATEWAY_REINJECT_FAILED', `${outcome.stage}: ${outcome.reason}`);
+    if (!outcome.accepted) throw new DimeError('GATEWAY_REINJECT_FAILED', `${outcome.stage}: ${outcome.reason}`);
     recordSealed(bundle.length);
     return /queued as ([A-Za-z0-9]+)/.exec(outcome.reply.lines.join(' '))?.[1];
   }
@@ -176,8 +172,8 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
     if (d.kind === 'refuse') return refuseMessage(d.reason, '550', `<${d.recipient.address}>: ${d.why}`, d.xcode);
     if (d.kind !== 'dark') return refuseMessage('dime-required', '550', `<${d.recipient.address}>: cannot be reached by DIME, and a sealed message cannot go as plaintext`, '5.7.1');
     const [authorSignet, originSignet] = await Promise.all([o.store.user(sender), o.store.org(ourDomain)]);
-    if (!authorSignet) throw gatewayError('SIGNET_NOT_FOUND', `${sender}: no published user signet`);
-    if (!originSignet) throw gatewayError('SIGNET_NOT_FOUND', `${ourDomain}: no published organisational signet`);
+    if (!authorSignet) throw new DimeError('SIGNET_NOT_FOUND', `${sender}: no published user signet`);
+    if (!originSignet) throw new DimeError('SIGNET_NOT_FOUND', `${ourDomain}: no published organisational signet`);
     const destination = d.resolution.org.signet;
     let signed: Awaited<ReturnType<typeof signAsOrigin>>;
     try {
@@ -247,12 +243,12 @@ export function createOutboundProcessor(o: OutboundOptions): (ctx: MilterContext
     // a local colleague's mailbox would show it as ours (RFC 8601 §5).
     const forged = forgedResults(message.headers, o.hostname);
     if (dark.length === 0) return forged.length > 0 ? { verdict: verdict.continue(), modifications: forged } : verdict.continue();
-    if (sender.kind !== 'trustful') throw gatewayError('GATEWAY_SENDER_CANNOT_SEAL', senderAddress);
+    if (sender.kind !== 'trustful') throw new DimeError('GATEWAY_SENDER_CANNOT_SEAL', senderAddress);
 
     // Seal: the author's key from the user store, the origin's from the keystore.
     const [authorSignet, originSignet, key] = await Promise.all([o.store.user(senderAddress), o.store.org(ourDomain), o.users.unseal(senderAddress)]);
-    if (!authorSignet) throw gatewayError('SIGNET_NOT_FOUND', `${senderAddress}: no published user signet`);
-    if (!originSignet) throw gatewayError('SIGNET_NOT_FOUND', `${ourDomain}: no published organisational signet`);
+    if (!authorSignet) throw new DimeError('SIGNET_NOT_FOUND', `${senderAddress}: no published user signet`);
+    if (!originSignet) throw new DimeError('SIGNET_NOT_FOUND', `${ourDomain}: no published organisational signet`);
     const body = await message.body.bytes();
     let parts: ReturnType<typeof mimeToParts>;
     try {
