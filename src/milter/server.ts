@@ -161,7 +161,10 @@ export class MilterServer {
       resume: () => socket.resume(),
       close: () => {
         if (socket.destroyed) return;
-        socket.end(() => socket.destroy());
+        // 'finish', not an end() callback: Node calls that one with a new ERR_STREAM_DESTROYED (a
+        // stack trace per connection) whenever the peer's FIN destroys the socket first, the usual case.
+        socket.once('finish', () => socket.destroy());
+        socket.end();
         // Released as soon as the socket closes, so closed connections are not kept for the linger time.
         const linger = setTimeout(() => socket.destroy(), CLOSE_LINGER).unref();
         socket.once('close', () => clearTimeout(linger));
@@ -169,7 +172,8 @@ export class MilterServer {
     };
     const session = new MilterSession(this.config, transport);
     this.sessions.set(session, socket);
-    this.log.debug({ conn: session.id, peer: socket.remoteAddress ?? 'unix' }, 'milter connection');
+    // remoteAddress is a getpeername(2) per connection: only when the line is written.
+    if (this.log.isLevelEnabled('debug')) this.log.debug({ conn: session.id, peer: socket.remoteAddress ?? 'unix' }, 'milter connection');
     if (this.idleTimeout > 0) {
       socket.setTimeout(this.idleTimeout, () => {
         this.log.warn({ conn: session.id }, `milter connection idle for ${this.idleTimeout} ms; closing`);
