@@ -84,7 +84,10 @@ describe('dime start', () => {
     const { dir, file, ports: p } = await initDomain('a.test');
     assert.ok(fs.existsSync(path.join(dir, 'dime.toml')), 'dime init writes dime.toml');
     const ports = [p.milter, p.policy, p.socketmap, p.relay, p.metrics];
-    const child = spawn(process.execPath, [DIME_BIN, 'start', '--config', file, '--metrics', `inet:127.0.0.1:${ports[4]}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [DIME_BIN, 'start', '--config', file, '--metrics', `inet:127.0.0.1:${ports[4]}`], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, DIME_LOG_LEVEL: 'debug' },
+    });
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += d));
     try {
@@ -102,6 +105,8 @@ describe('dime start', () => {
         sock.once('error', reject);
       });
       assert.match(banner, /^220 .*DMTPv1/);
+      // Gateway, relay and LMTP leg share one resolver: one cache, one Redis connection.
+      assert.equal(stderr.match(/signet resolver opened/g)?.length, 1, stderr);
     } finally {
       child.kill('SIGTERM');
     }

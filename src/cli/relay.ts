@@ -22,6 +22,7 @@ import { openKeystore } from '../keystore/keystore.js';
 import { dataLayout } from '../keystore/layout.js';
 import { FileSignetStore } from '../keystore/signets.js';
 import { ResolverSignetSource, createNetworkResolver } from '../resolver/dmtp-fetcher.js';
+import type { Resolver } from '../resolver/resolver.js';
 import { createLogger, type Logger } from '../log.js';
 import { readInputFile } from './io.js';
 import { loadKeysFile } from './keys.js';
@@ -51,6 +52,8 @@ function usage(flag: string, err: unknown): DimeError {
 
 export interface OpenedRelay {
   relay: Awaited<ReturnType<typeof startRelay>>;
+  /** The resolver for origin signets: the shared one when given, else the relay's own. */
+  resolver: Resolver;
   domain: string;
   hostname: string;
   mta: string;
@@ -60,9 +63,11 @@ export interface OpenedRelay {
 /**
  * Start the relay the configuration (and flags) describe. The organisation key comes from the
  * keystore of the configuration (file or PKCS#11), or from --org-keys; it must be the one in our
- * published organisational signet. Shared by `dime relay` and `dime start`.
+ * published organisational signet. Shared by `dime relay` and `dime start`. `resolver`: share one
+ * already open (one cache and one Redis connection per process); otherwise the relay opens its own
+ * and closes it with the relay.
  */
-export async function openRelay(config: DimeConfig, flags: RelayFlags, log: Logger): Promise<OpenedRelay> {
+export async function openRelay(config: DimeConfig, flags: RelayFlags, log: Logger, options: { resolver?: Resolver } = {}): Promise<OpenedRelay> {
   const domainText = flags.domain ?? config.domain;
   if (!domainText) throw new DimeError('USAGE', 'the relay needs our domain: set domain = "…" in the configuration or give --domain');
   let domain: string;
@@ -127,8 +132,8 @@ export async function openRelay(config: DimeConfig, flags: RelayFlags, log: Logg
     const tlsKey = readInputFile(keyFile);
     if (fs.statSync(keyFile).mode & 0o077) log.warn({ file: keyFile }, 'the relay TLS key is readable by other users; make it mode 0600');
     // Origin signets come through the resolver: DNSSEC status, tls= pins, cache, chain of custody.
-    const resolver = createNetworkResolver(config.resolver, { crypto, log: log.child({ service: 'resolver' }) });
-    closeResolver = () => resolver.close();
+    const resolver = options.resolver ?? createNetworkResolver(config.resolver, { crypto, log: log.child({ service: 'resolver' }) });
+    if (!options.resolver) closeResolver = () => resolver.close();
     const relay = await startRelay({
       domain,
       hostname,
@@ -145,6 +150,7 @@ export async function openRelay(config: DimeConfig, flags: RelayFlags, log: Logg
     });
     return {
       relay,
+      resolver,
       domain,
       hostname,
       mta: formatMtaTarget(mta),
@@ -171,7 +177,7 @@ async function runRelay(flags: RelayFlags): Promise<void> {
   // The outbound leg (docs/mail-flow.md): Postfix's dmtp transport delivers bundles here.
   let lmtp: Awaited<ReturnType<typeof openLmtpRelay>>;
   try {
-    lmtp = await openLmtpRelay(config, log.child({ service: 'lmtp' }));
+    lmtp = await openLmtpRelay(config, log.child({ service: 'lmtp' }), { resolver: opened.resolver });
   } catch (err) {
     await opened.close();
     throw err;

@@ -103,12 +103,16 @@ export async function startSidecar(config: DimeConfig, log: Logger, metricsListe
     return { name: 'socketmap', address: s.address, close: () => s.close() };
   });
   if (config.domain && config.relay.tlsCert && config.relay.tlsKey) {
+    // One resolver for the whole process: the gateway's when it runs, else the relay's. One
+    // in-process cache and one Redis connection, and a signet fetched by one service serves all.
+    let resolver = gateway?.resolver;
     await start('relay', config.relay.listen, async () => {
-      const r = await openRelay(config, {}, log.child({ service: 'relay' }));
+      const r = await openRelay(config, {}, log.child({ service: 'relay' }), resolver ? { resolver } : {});
+      resolver = r.resolver;
       return { name: 'relay', address: config.relay.listen, close: () => r.close() };
     });
     await start('lmtp', config.relay.lmtpListen, async () => {
-      const l = await openLmtpRelay(config, log.child({ service: 'lmtp' }), gateway ? { resolver: gateway.resolver } : {});
+      const l = await openLmtpRelay(config, log.child({ service: 'lmtp' }), resolver ? { resolver } : {});
       return { name: 'lmtp', address: l.address, close: () => l.close() };
     });
   } else {

@@ -160,5 +160,8 @@ export function createNetworkResolver(config: ResolverConfig, options: { crypto:
   const resolver = new Resolver({ config, crypto: options.crypto, log: options.log });
   const timeouts = { connectMs: config.deadlineMs, commandMs: config.deadlineMs };
   resolver.fetcher = new DmtpSignetFetcher(new DmtpClient({ crypto: options.crypto, locator: new ResolverPeerLocator(resolver), timeouts, log: options.log }));
+  // Never the Redis URL itself: it may carry a password.
+  const shared = config.redis ? 'redis' : config.redisSentinels ? 'redis sentinel' : config.redisCluster ? 'redis cluster' : 'none';
+  options.log.debug({ servers: config.servers, trustAd: config.trustAd, sharedCache: shared, lruEntries: config.lruEntries }, 'signet resolver opened');
   return resolver;
 }
