@@ -358,7 +358,8 @@ describe('option negotiation', () => {
     assert.equal(eomOnly.actions, SMFIF.ADDHDRS | SMFIF.CHGBODY | SMFIF.QUARANTINE, 'quarantine added for the failure policy');
     assert.equal(
       eomOnly.protocol,
-      SMFIP.NOCONNECT | SMFIP.NOHELO | SMFIP.NODATA | SMFIP.NOEOH | SMFIP.NOUNKNOWN | SMFIP.NR_MAIL | SMFIP.NR_RCPT | SMFIP.NR_HDR | SMFIP.NR_BODY,
+      SMFIP.NOCONNECT | SMFIP.NOHELO | SMFIP.NOEOH | SMFIP.NOUNKNOWN | SMFIP.NR_MAIL | SMFIP.NR_RCPT | SMFIP.NR_HDR | SMFIP.NR_BODY,
+      'DATA is answered: the reply acknowledges the unanswered MAIL and RCPT before cleanup(8) writes the content',
     );
     const body = handlerOptionRequest({ body: () => verdict.skip(), headerLeadingSpace: true, rejectedRecipients: true }, DEFAULT_FAILURE_POLICY);
     assert.equal(body.protocol & (SMFIP.SKIP | SMFIP.HDR_LEADSPC | SMFIP.RCPT_REJ | SMFIP.NOBODY | SMFIP.NR_BODY), SMFIP.SKIP | SMFIP.HDR_LEADSPC | SMFIP.RCPT_REJ);

@@ -337,12 +337,13 @@ describe('our milter under a real Postfix 3.7: smtpd_milters, non_smtpd_milters,
     }
     const id = seenCase('session-1').conn;
     assert.equal(seenCase('session-2').conn, id, 'the second message came on the same milter connection');
-    // connect/mailFrom/rcptTo callbacks: Postfix sends those events; no HELO, DATA or EOH callbacks: not sent.
+    // connect/mailFrom/rcptTo callbacks: Postfix sends those events; no HELO or EOH callbacks: not
+    // sent. DATA is sent and answered whenever the message is wanted (handlerOptionRequest).
     assert.deepEqual(await closedCommands(id), [
       'optneg', 'connect',
-      'mail', 'rcpt', 'body', 'eom', 'abort',
+      'mail', 'rcpt', 'data', 'body', 'eom', 'abort',
       'mail', 'rcpt', 'abort',
-      'mail', 'rcpt', 'body', 'eom', 'abort', 'abort', 'quit',
+      'mail', 'rcpt', 'data', 'body', 'eom', 'abort', 'abort', 'quit',
     ]);
     assert.equal(connections.get(id)!.aborts, 1, 'abort callback: once, for the RSET; not for the ABORTs after finished messages');
     for (const n of [1, 2]) {
@@ -622,8 +623,9 @@ describe('our milter under a real Postfix 3.7: smtpd_milters, non_smtpd_milters,
       // Between messages our connection is idle: close() ends it at once.
       await servers.closing.close(0);
       const two = await smtp.message('sender@example.test', ['alice@example.test'], 'Subject: closing 2\n\nnot filtered\n');
-      // MAIL and RCPT need no reply from this eom-only milter (NR_*), so Postfix notices at end of message.
-      assert.deepEqual(two, ['250 2.1.0 Ok', '250 2.1.5 Ok', '354 End data with <CR><LF>.<CR><LF>', '451 4.7.1 Service unavailable - try again later']);
+      // MAIL and RCPT need no reply from this eom-only milter (NR_*); DATA does, so Postfix notices
+      // there, before the client sends the content.
+      assert.deepEqual(two, ['250 2.1.0 Ok', '250 2.1.5 Ok', '451 4.7.1 Service unavailable - try again later']);
       assert.equal(await smtp.send('QUIT'), '221 2.0.0 Bye');
     } finally {
       smtp.close();
@@ -635,8 +637,8 @@ describe('our milter under a real Postfix 3.7: smtpd_milters, non_smtpd_milters,
     const first = await pf.waitForDelivery((d) => d.content.includes('Subject: closing 1'));
     assert.match(first.content, /^X-Dime-Closing: filtered$/m);
     const log = Buffer.from(pf.log()).subarray(mark).toString();
-    assert.match(log, new RegExp(`warning: milter inet:127\\.0\\.0\\.1:${port}: can't read SMFIC_BODYEOB reply packet header: `));
-    assert.match(log, /milter-reject: END-OF-MESSAGE from localhost\[127\.0\.0\.1\]: 4\.7\.1 Service unavailable - try again later/);
+    assert.match(log, new RegExp(`warning: milter inet:127\\.0\\.0\\.1:${port}: can't read SMFIC_DATA reply packet header: `));
+    assert.match(log, /milter-reject: DATA from localhost\[127\.0\.0\.1\]: 451 4\.7\.1 Service unavailable - try again later/);
     assert.match(log, new RegExp(`warning: connect to Milter service inet:127\\.0\\.0\\.1:${port}: Connection refused`));
     assert.match(log, /NOQUEUE: milter-reject: MAIL from localhost\[127\.0\.0\.1\]: 451 4\.7\.1 Service unavailable - try again later/);
     assert.equal(pf.messages('alice').filter((d) => d.content.includes('Subject: closing 2')).length, 0, 'never accepted unfiltered');
@@ -680,7 +682,7 @@ describe('our milter under a real Postfix 3.7: smtpd_milters, non_smtpd_milters,
     assert.deepEqual(c.mail, { raw: 'sender@example.test', address: 'sender@example.test', queueIdMacro: s.queueId }, 'the queue id is known at MAIL already');
     assert.deepEqual(c.rcpts, ['alice@example.test']);
     assert.match(s.queueId ?? '', /^[0-9A-F]+$/);
-    assert.deepEqual(await closedCommands(s.conn), ['optneg', 'connect', 'mail', 'rcpt', 'body', 'eom', 'quit']);
+    assert.deepEqual(await closedCommands(s.conn), ['optneg', 'connect', 'mail', 'rcpt', 'data', 'body', 'eom', 'quit']);
     assert.equal(c.aborts, 0);
   });
 });
