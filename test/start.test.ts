@@ -5,6 +5,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { DIME_BIN, dime, initDomain, scratchDir } from './helpers/cli.js';
+import { redisAvailable, startRedis } from './helpers/redis.js';
 
 async function freePort(): Promise<number> {
   const s = net.createServer();
@@ -107,8 +108,53 @@ describe('dime start', () => {
       assert.match(banner, /^220 .*DMTPv1/);
       // Gateway, relay and LMTP leg share one resolver: one cache, one Redis connection.
       assert.equal(stderr.match(/signet resolver opened/g)?.length, 1, stderr);
+      // Ready: the keystore signs; no Redis is configured, so none is checked.
+      const ready = await fetch(`http://127.0.0.1:${ports[4]}/readyz`);
+      assert.equal(ready.status, 200);
+      const body = (await ready.json()) as { ok: boolean; checks: { name: string; ok: boolean; detail: string }[] };
+      assert.deepEqual([body.ok, body.checks.map((c) => [c.name, c.ok])], [true, [['keystore', true]]]);
+      assert.equal((await fetch(`http://127.0.0.1:${ports[4]}/healthz`)).status, 200);
+      assert.match(body.checks[0]!.detail, /^the POK pok\/1 signs \(file\)$/);
     } finally {
       child.kill('SIGTERM');
+    }
+    assert.equal(await new Promise<number | null>((r) => child.once('exit', (c) => r(c))), 0, stderr);
+  });
+
+  it('/readyz reports Redis: ready while the shared cache is connected; once Redis is gone still 200 (mail flows) but degraded, naming it', { skip: redisAvailable() ? false : 'redis-server is not installed' }, async () => {
+    const redis = await startRedis();
+    const { file, ports: p } = await initDomain('a.test');
+    const text = fs.readFileSync(file, 'utf8');
+    const withRedis = text.replace(/^# redis = "[^"]*"/m, `redis = "${redis.url}"`);
+    assert.notEqual(withRedis, text, 'dime init writes a commented redis line under [resolver]');
+    fs.writeFileSync(file, withRedis);
+    const child = spawn(process.execPath, [DIME_BIN, 'start', '--config', file, '--metrics', `inet:127.0.0.1:${p.metrics}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    const readyz = async () => {
+      const r = await fetch(`http://127.0.0.1:${p.metrics}/readyz`);
+      return { status: r.status, body: (await r.json()) as { ok: boolean; degraded: boolean; checks: { name: string; ok: boolean; required: boolean; detail: string }[] } };
+    };
+    try {
+      const deadline = Date.now() + 20_000;
+      while (!/dime started/.test(stderr)) {
+        if (Date.now() > deadline || child.exitCode !== null) assert.fail(`did not start: ${stderr}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      // ioredis connects in the background: ready as soon as it has.
+      let r = await readyz();
+      for (const until = Date.now() + 10_000; r.body.degraded && Date.now() < until; r = await readyz()) await new Promise((res) => setTimeout(res, 500));
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      assert.deepEqual([r.body.ok, r.body.degraded, r.body.checks.map((c) => [c.name, c.ok, c.required])], [true, false, [['keystore', true, true], ['redis', true, false]]]);
+      await redis.kill();
+      // Results are reused for 5 s (one probe at a time for every monitor): wait past that.
+      for (const until = Date.now() + 15_000; !r.body.degraded && Date.now() < until; r = await readyz()) await new Promise((res) => setTimeout(res, 500));
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      assert.deepEqual([r.body.ok, r.body.degraded, r.body.checks.map((c) => [c.name, c.ok])], [true, true, [['keystore', true], ['redis', false]]]);
+      assert.match(r.body.checks[1]!.detail, /unreachable/);
+    } finally {
+      child.kill('SIGTERM');
+      await redis.stop();
     }
     assert.equal(await new Promise<number | null>((r) => child.once('exit', (c) => r(c))), 0, stderr);
   });

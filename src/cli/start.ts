@@ -15,7 +15,7 @@ import { startMilterServer } from '../milter/server.js';
 import { formatSocketSpec, listenOn, parseSocketSpec } from '../net/socket.js';
 import { dunnoPolicy, startPolicyServer, startSocketmapServer, staticDarkTable } from '../policy/index.js';
 import { EXIT, ExitStatus } from './exit.js';
-import { openGateway, type OpenedGateway } from '../gateway/open.js';
+import { openGateway, type OpenedGateway, type ReadinessCheck } from '../gateway/open.js';
 import { openRelay } from './relay.js';
 import { openLmtpRelay } from './lmtp.js';
 import { createStrictInboundPolicy } from '../policy/dime-policy.js';
@@ -29,13 +29,38 @@ interface Running {
   close(): Promise<void>;
 }
 
-/** /metrics (Prometheus text format) and /healthz (200 while every service listens). */
-async function startHttp(listen: string, services: () => Running[]): Promise<Running> {
+/**
+ * /readyz answers from one probe at a time and reuses its result this long, so that several
+ * monitors polling every few seconds cannot queue test signatures on the HSM.
+ */
+const READINESS_REUSE_MS = 5_000;
+
+/** The latest readiness result, shared by concurrent and closely spaced requests. */
+function readinessProbe(probe: () => Promise<ReadinessCheck[]>): () => Promise<ReadinessCheck[]> {
+  let last: { at: number; result: Promise<ReadinessCheck[]> } | undefined;
+  return () => {
+    if (!last || Date.now() - last.at > READINESS_REUSE_MS) last = { at: Date.now(), result: probe() };
+    return last.result;
+  };
+}
+
+/**
+ * /metrics (Prometheus text format); /healthz (liveness: 200 while every service listens); /readyz
+ * (200 while every required dependency answers, with `degraded` when an optional one does not;
+ * 503 naming what failed otherwise).
+ */
+async function startHttp(listen: string, services: () => Running[], readiness: () => Promise<ReadinessCheck[]>): Promise<Running> {
+  const json = (res: http.ServerResponse, status: number, body: unknown) => res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body) + '\n');
   const server = http.createServer((req, res) => {
     if (req.url === '/metrics') {
       res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(metrics.render());
     } else if (req.url === '/healthz') {
-      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ ok: true, services: services().map((s) => ({ name: s.name, address: s.address })) }) + '\n');
+      json(res, 200, { ok: true, services: services().map((s) => ({ name: s.name, address: s.address })) });
+    } else if (req.url === '/readyz') {
+      void readiness().then((checks) => {
+        const ok = checks.every((c) => c.ok || !c.required);
+        json(res, ok ? 200 : 503, { ok, degraded: checks.some((c) => !c.ok), checks });
+      });
     } else {
       res.writeHead(404).end();
     }
@@ -118,7 +143,8 @@ export async function startSidecar(config: DimeConfig, log: Logger, metricsListe
   } else {
     log.info('relay not started: the configuration has no domain or no [relay] tls_cert/tls_key (dime init writes both)');
   }
-  await start('metrics', metricsListen, () => startHttp(metricsListen, () => services));
+  const readiness = readinessProbe(async () => (gateway ? gateway.readiness() : []));
+  await start('metrics', metricsListen, () => startHttp(metricsListen, () => services, readiness));
   return { services, close: closeAll };
 }
 
