@@ -5,6 +5,8 @@
  *   - Postfix alone (the baseline);
  *   - Postfix + `dime milter` (the pass-through handler; the CLI in its own process, as deployed),
  *     on a loopback TCP port, and on a unix socket;
+ *   - Postfix + `dime milter --config` with the gateway on (dime init's configuration), receiving
+ *     ordinary mail without DIME: what turning dime on costs an MX's legacy mail (no target);
  *   - Postfix + a minimal Node milter (fixed replies, no state, no logging): the floor for any
  *     milter written in Node;
  *   - Postfix + OpenDKIM with 127.0.0.1 in its PeerList, so it accepts every connection at CONNECT:
@@ -51,6 +53,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { encodeCommand } from '../src/milter/codec.js';
+import { initDomain } from '../test/helpers/cli.js';
 import { freePort, startPostfix, type Postfix } from '../test/helpers/postfix.js';
 import { median, registerBench, type BenchCase, type BenchGroup } from './lib.js';
 
@@ -78,8 +81,11 @@ const SUITE = 'milter-postfix';
 const ALONE = 'Postfix alone';
 const DIME = 'Postfix + dime milter (pass-through, inet)';
 const DIME_UNIX = 'Postfix + dime milter (pass-through, unix socket)';
+const GATEWAY = 'Postfix + dime milter (gateway on, legacy mail, inet)';
 const FLOOR = 'Postfix + minimal Node milter (fixed replies)';
+const FLOOR_UNIX = 'Postfix + minimal Node milter (fixed replies, unix socket)';
 const DKIM_PASS = 'Postfix + OpenDKIM (PeerList: accepts at CONNECT)';
+const DKIM_PASS_UNIX = 'Postfix + OpenDKIM (PeerList: accepts at CONNECT, unix socket)';
 const DKIM = 'Postfix + OpenDKIM (signing, RSA 2048)';
 const HANDSHAKE_GROUP = 'one pass-through milter connection as Postfix makes it (connect, OPTNEG, CONNECT → ACCEPT, QUIT, close), one at a time';
 const H_DKIM = 'OpenDKIM, PeerList (C, libmilter)';
@@ -150,7 +156,7 @@ function selected(): boolean {
   const i = argv.indexOf('--filter');
   const filter = (i >= 0 ? argv[i + 1] : argv.find((a) => a.startsWith('--filter='))?.slice('--filter='.length))?.toLowerCase();
   if (!filter) return true;
-  const names = [ALONE, DIME, DIME_UNIX, FLOOR, DKIM_PASS, DKIM, H_DKIM, H_FLOOR, H_DIME, H_DIME_UNIX].map((c) => `${SUITE}/${HANDSHAKE_GROUP}/${c}`);
+  const names = [ALONE, DIME, DIME_UNIX, GATEWAY, FLOOR, FLOOR_UNIX, DKIM_PASS, DKIM_PASS_UNIX, DKIM, H_DKIM, H_FLOOR, H_DIME, H_DIME_UNIX].map((c) => `${SUITE}/${HANDSHAKE_GROUP}/${c}`);
   return names.some((n) => n.toLowerCase().includes(filter));
 }
 
@@ -210,6 +216,25 @@ async function startDimeMilter(listen: string): Promise<Milter> {
   }
 }
 
+/**
+ * `dime milter --config` with the gateway on, as a deployment runs it (dime init's configuration,
+ * file keystore). The load is unauthenticated mail without DIME, i.e. what an MX receives most:
+ * the gateway takes every message to its end (the inbound side looks for a DIME object and strips
+ * forged Authentication-Results), then lets it through unchanged.
+ */
+async function startDimeGateway(): Promise<Milter> {
+  const { dir, file } = await initDomain('bench.test', 'dime-bench-gateway-');
+  dirs.push(dir);
+  const { proc, stderr } = child(process.execPath, [DIME_BIN, 'milter', '--config', file, '--log-level', 'info']);
+  const until = Date.now() + 20_000;
+  for (;;) {
+    const m = /"event":"milter\.start".*?"listen":"([^"]+)".*?"handler":"dime"/.exec(stderr());
+    if (m) return { spec: m[1]!, pid: proc.pid! };
+    if (proc.exitCode !== null || Date.now() > until) throw new Error(`dime milter (gateway) did not start (${proc.exitCode}): ${stderr()}`);
+    await sleep(20);
+  }
+}
+
 /** A minimal Node milter in its own process: OPTNEG → fixed reply, CONNECT → ACCEPT, QUIT → close. */
 const FLOOR_MILTER = `
 const net = require('node:net');
@@ -228,15 +253,18 @@ const server = net.createServer((s) => {
     }
   });
 });
-server.listen(0, '127.0.0.1', () => process.stderr.write('listening ' + server.address().port + '\\n'));
+const path = process.argv[1];
+if (path) server.listen(path, () => { require('node:fs').chmodSync(path, 0o660); process.stderr.write('listening ' + path + '\\n'); });
+else server.listen(0, '127.0.0.1', () => process.stderr.write('listening ' + server.address().port + '\\n'));
 `;
 
-async function startFloorMilter(): Promise<Milter> {
-  const { proc, stderr } = child(process.execPath, ['-e', FLOOR_MILTER]);
+/** On 127.0.0.1 (a port the OS picks), or on the unix socket `sock`. */
+async function startFloorMilter(sock?: string): Promise<Milter> {
+  const { proc, stderr } = child(process.execPath, ['-e', FLOOR_MILTER, ...(sock ? [sock] : [])]);
   const until = Date.now() + 10_000;
   for (;;) {
-    const m = /listening (\d+)/.exec(stderr());
-    if (m) return { spec: `inet:127.0.0.1:${m[1]}`, pid: proc.pid! };
+    const m = /listening (\S+)/.exec(stderr());
+    if (m) return { spec: sock ? `unix:${sock}` : `inet:127.0.0.1:${m[1]}`, pid: proc.pid! };
     if (proc.exitCode !== null || Date.now() > until) throw new Error(`the minimal milter did not start: ${stderr()}`);
     await sleep(20);
   }
@@ -246,8 +274,10 @@ async function startFloorMilter(): Promise<Milter> {
  * OpenDKIM signing for example.test with a fresh 2048-bit key, on a loopback port; with
  * `passThrough`, 127.0.0.1 is in its PeerList and it accepts every connection at CONNECT.
  */
-async function startOpenDkim(passThrough: boolean): Promise<Milter> {
+async function startOpenDkim(passThrough: boolean, unixSocket = false): Promise<Milter> {
   const dir = privateDir('dime-bench-opendkim-');
+  // The directory is group postfix (setgid): with UMask 007 the socket is too, so Postfix can connect.
+  const sock = path.join(dir, 'opendkim.sock');
   const gen = spawnSync(OPENDKIM_GENKEY, ['--bits=2048', `--directory=${dir}`, '--domain=example.test', '--selector=bench'], { encoding: 'utf8' });
   if (gen.status !== 0) throw new Error(`opendkim-genkey failed: ${gen.stderr}`);
   fs.writeFileSync(path.join(dir, 'peers'), '127.0.0.1\n');
@@ -265,18 +295,19 @@ async function startOpenDkim(passThrough: boolean): Promise<Milter> {
       'SignatureAlgorithm rsa-sha256',
       'InternalHosts 127.0.0.1',
       `PidFile ${path.join(dir, 'opendkim.pid')}`,
-      `Socket inet:${port}@127.0.0.1`,
+      unixSocket ? `Socket local:${sock}` : `Socket inet:${port}@127.0.0.1`,
+      'UMask 007',
       ...(passThrough ? [`PeerList ${path.join(dir, 'peers')}`] : []),
       '',
     ].join('\n'),
   );
   const { proc, stderr } = child(OPENDKIM, ['-f', '-x', conf]);
   const until = Date.now() + 10_000;
-  while (!(await canConnect({ port }))) {
+  while (!(await canConnect(unixSocket ? { path: sock } : { port }))) {
     if (proc.exitCode !== null || Date.now() > until) throw new Error(`opendkim did not start (${proc.exitCode}): ${stderr()}`);
     await sleep(50);
   }
-  return { spec: `inet:127.0.0.1:${port}`, pid: proc.pid! };
+  return { spec: unixSocket ? `unix:${sock}` : `inet:127.0.0.1:${port}`, pid: proc.pid! };
 }
 
 // ------------------------------------------------------------------------------- load and probe
@@ -425,18 +456,22 @@ function postfixReport(setups: Setup[], notes: string[]): void {
   console.log('');
   const dkim = rows.find((r) => r.s.name === DKIM);
   const cFloor = rows.find((r) => r.s.name === DKIM_PASS);
+  const cFloorUnix = rows.find((r) => r.s.name === DKIM_PASS_UNIX);
+  const cFloors = [cFloor, cFloorUnix].filter((r) => r !== undefined);
   const nodeFloor = rows.find((r) => r.s.name === FLOOR);
   const cost = (r: (typeof rows)[number]) => `${r.ratio.toFixed(3)}× throughput, ${f1(r.p50 - b.p50)} ms added p50, ${f1(r.p99 - b.p99)} ms added p99`;
   for (const d of rows.filter((r) => r.s.name === DIME || r.s.name === DIME_UNIX)) {
     console.log(`${d.s.name}: ${cost(d)}. Target ≥ 0.9× of Postfix alone: ${d.ratio >= 0.9 ? 'met' : 'NOT met'}.`);
     if (dkim) console.log(`  No more costly than OpenDKIM signing (${cost(dkim)}): ${d.ratio >= dkim.ratio && d.p50 <= dkim.p50 && d.p99 <= dkim.p99 ? 'yes' : 'NO'}.`);
     if (nodeFloor) console.log(`  Against the minimal Node milter (${cost(nodeFloor)}): ${(d.ratio / nodeFloor.ratio).toFixed(3)}× its throughput.`);
-    if (cFloor) console.log(`  Against OpenDKIM accepting at CONNECT (${cost(cFloor)}): ${(d.ratio / cFloor.ratio).toFixed(3)}× its throughput.`);
+    // Like with like: the C reference on the same kind of socket.
+    const c = d.s.name === DIME_UNIX ? (cFloorUnix ?? cFloor) : cFloor;
+    if (c) console.log(`  Against ${c.s.name.replace('Postfix + ', '')} (${cost(c)}): ${(d.ratio / c.ratio).toFixed(3)}× its throughput.`);
   }
   // What Postfix itself spends on having a milter at all. With a milter that accepts at CONNECT,
   // Postfix still connects, negotiates, sends the CONNECT macros and event, reads the reply and
   // closes, for every SMTP connection. The cheapest such milter bounds what any milter can reach.
-  const cheap = rows.filter((r) => r.s.name === DKIM_PASS || r.s.name === FLOOR || r.s.name === DIME_UNIX);
+  const cheap = rows.filter((r) => [DKIM_PASS, DKIM_PASS_UNIX, FLOOR, FLOOR_UNIX, DIME_UNIX].includes(r.s.name));
   if (cheap.length > 0) {
     const added = (r: (typeof rows)[number]) => perMessage(r.s, 'postfixCpuMs') - perMessage(b.s, 'postfixCpuMs');
     const least = cheap.reduce((x, y) => (added(y) < added(x) ? y : x));
@@ -449,9 +484,11 @@ function postfixReport(setups: Setup[], notes: string[]): void {
     );
     console.log(
       `  0.9× of Postfix alone allows ${Math.round(budget)} µs of extra machine CPU per message (Postfix alone: ${Math.round(busy)} µs). Postfix's side takes at least ${Math.round(added(least))} µs of it, which leaves ${left > 0 ? `${Math.round(left)} µs` : 'nothing'} for the milter process per connection` +
-        (cFloor ? ` (OpenDKIM's libmilter, accepting at CONNECT, used ${Math.round(perMessage(cFloor.s, 'milterCpuMs'))} µs).` : '.'),
+        (cFloors.length > 0 ? ` (OpenDKIM's libmilter, accepting at CONNECT, used ${cFloors.map((r) => `${Math.round(perMessage(r.s, 'milterCpuMs'))} µs${r === cFloorUnix ? ' over a unix socket' : ' over TCP'}`).join(', ')}).` : '.'),
     );
   }
+  const gw = rows.find((r) => r.s.name === GATEWAY);
+  if (gw) console.log(`${gw.s.name}: ${cost(gw)}; ${Math.round(perMessage(gw.s, 'milterCpuMs'))} µs of milter CPU per message. No target: what turning the gateway on costs an MX's ordinary mail.`);
   for (const n of notes) console.log(n);
   console.log('');
 }
@@ -515,15 +552,20 @@ async function groups(): Promise<BenchGroup[]> {
   const dimeInet = await startDimeMilter('inet:127.0.0.1:0');
   // The rig runs without chroot, so Postfix takes the real path (postfixMilterSpec says the same).
   const dimeUnix = await startDimeMilter(`unix:${sock}`);
+  const gateway = await startDimeGateway();
   const floor = await startFloorMilter();
+  const floorUnix = await startFloorMilter(path.join(path.dirname(sock), 'floor.sock'));
   const dkimPass = withDkim ? await startOpenDkim(true) : undefined;
+  const dkimPassUnix = withDkim ? await startOpenDkim(true, true) : undefined;
   const dkimSign = withDkim ? await startOpenDkim(false) : undefined;
   const specs: [string, Milter | undefined][] = [
     [ALONE, undefined],
     [DIME, dimeInet],
     [DIME_UNIX, dimeUnix],
+    [GATEWAY, gateway],
     [FLOOR, floor],
-    ...(dkimPass && dkimSign ? ([[DKIM_PASS, dkimPass], [DKIM, dkimSign]] as [string, Milter][]) : []),
+    [FLOOR_UNIX, floorUnix],
+    ...(dkimPass && dkimPassUnix && dkimSign ? ([[DKIM_PASS, dkimPass], [DKIM_PASS_UNIX, dkimPassUnix], [DKIM, dkimSign]] as [string, Milter][]) : []),
   ];
   const setups: Setup[] = [];
   try {
