@@ -51,7 +51,7 @@ import type { MxLookup } from '../src/resolver/dns.js';
 import type { Resolution } from '../src/resolver/resolver.js';
 // Loaded for its metrics (the resolution histogram), as `dime start` loads it.
 import '../src/resolver/resolver.js';
-import { DIME_BIN, initDomain, scratchDir } from './helpers/cli.js';
+import { DIME_BIN, initDomain, scratchDir, waitForOutput } from './helpers/cli.js';
 import { vectorParties } from './helpers/dime-parties.js';
 import { MilterClient } from './helpers/milter-client.js';
 import { connectClient, startMailSink, type MailSink } from './helpers/postfix.js';
@@ -630,11 +630,7 @@ describe('GET /metrics on `dime start`', () => {
       return res.text();
     };
     try {
-      const deadline = Date.now() + 20_000;
-      while (!/dime started/.test(stderr)) {
-        if (Date.now() > deadline || child.exitCode !== null) assert.fail(`did not start: ${stderr}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      await waitForOutput(child, () => stderr, /dime started/, 20_000);
       const first = await scrape();
       for (const [name, type] of Object.entries(NEW_METRICS)) assert.equal(typeOf(first, name), type, `${name} on /metrics`);
       // An ordinary account of our domain writing to our domain: a local decision. A DIME part that

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { DIME_BIN, dime, initDomain, scratchDir } from './helpers/cli.js';
+import { DIME_BIN, dime, initDomain, scratchDir, waitForOutput } from './helpers/cli.js';
 import { redisAvailable, startRedis } from './helpers/redis.js';
 
 async function freePort(): Promise<number> {
@@ -29,22 +29,12 @@ describe('dime start', () => {
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += d));
     try {
-      const deadline = Date.now() + 15_000;
-      while (!/dime started/.test(stderr)) {
-        if (Date.now() > deadline || child.exitCode !== null) assert.fail(`did not start: ${stderr}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      await waitForOutput(child, () => stderr, /dime started/, 15_000);
       const health = (await (await fetch(`http://127.0.0.1:${ports[3]}/healthz`)).json()) as { services: { name: string }[] };
       assert.deepEqual(health.services.map((s: { name: string }) => s.name), ['milter', 'policy', 'socketmap', 'metrics']);
       assert.match(await (await fetch(`http://127.0.0.1:${ports[3]}/metrics`)).text(), /^# (HELP|TYPE)|^$/m);
       // SIGHUP: a valid change is applied; a broken file is refused and the services stay up.
-      const waitFor = async (re: RegExp) => {
-        const until = Date.now() + 10_000;
-        while (!re.test(stderr)) {
-          if (Date.now() > until) assert.fail(`no ${re} in ${stderr}`);
-          await new Promise((r) => setTimeout(r, 50));
-        }
-      };
+      const waitFor = (re: RegExp) => waitForOutput(child, () => stderr, re, 10_000);
       fs.appendFileSync(file, '[log]\nlevel = "debug"\n');
       child.kill('SIGHUP');
       await waitFor(/"logLevel":"debug".*configuration reloaded"/);
@@ -92,11 +82,7 @@ describe('dime start', () => {
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += d));
     try {
-      const deadline = Date.now() + 20_000;
-      while (!/dime started/.test(stderr)) {
-        if (Date.now() > deadline || child.exitCode !== null) assert.fail(`did not start: ${stderr}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      await waitForOutput(child, () => stderr, /dime started/, 20_000);
       const health = (await (await fetch(`http://127.0.0.1:${ports[4]}/healthz`)).json()) as { services: { name: string }[] };
       assert.deepEqual(health.services.map((s) => s.name), ['gateway', 'milter', 'policy', 'socketmap', 'relay', 'lmtp', 'metrics']);
       // The relay greets with DMTPv1 over TLS on its port.
@@ -136,11 +122,7 @@ describe('dime start', () => {
       return { status: r.status, body: (await r.json()) as { ok: boolean; degraded: boolean; checks: { name: string; ok: boolean; required: boolean; detail: string }[] } };
     };
     try {
-      const deadline = Date.now() + 20_000;
-      while (!/dime started/.test(stderr)) {
-        if (Date.now() > deadline || child.exitCode !== null) assert.fail(`did not start: ${stderr}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      await waitForOutput(child, () => stderr, /dime started/, 20_000);
       // ioredis connects in the background: ready as soon as it has.
       let r = await readyz();
       for (const until = Date.now() + 10_000; r.body.degraded && Date.now() < until; r = await readyz()) await new Promise((res) => setTimeout(res, 500));
@@ -167,11 +149,7 @@ describe('dime start', () => {
       let stderr = '';
       child.stderr.on('data', (d) => (stderr += d));
       try {
-        const deadline = Date.now() + 20_000;
-        while (!ready.test(stderr)) {
-          if (Date.now() > deadline || child.exitCode !== null) assert.fail(`${args[0]} did not start: ${stderr}`);
-          await new Promise((r) => setTimeout(r, 50));
-        }
+        await waitForOutput(child, () => stderr, ready, 20_000);
         check(stderr);
       } finally {
         child.kill('SIGTERM');

@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -89,4 +89,17 @@ export async function initDomain(domain: string, prefix = 'dime-init-'): Promise
   set('relay', 'lmtp_listen', `inet:127.0.0.1:${ports.lmtp}`);
   fs.writeFileSync(file, text);
   return { dir, file, ports };
+}
+
+/**
+ * Wait until a running command's output (`text()`, read again each time) matches `re`. Throws with
+ * the output so far when the command exits first or `ms` pass.
+ */
+export async function waitForOutput(child: ChildProcess, text: () => string, re: RegExp, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!re.test(text())) {
+    if (child.exitCode !== null) throw new Error(`exited (${child.exitCode}) before printing ${re}: ${text()}`);
+    if (Date.now() > deadline) throw new Error(`no ${re} within ${ms} ms: ${text()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
