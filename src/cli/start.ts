@@ -57,10 +57,14 @@ async function startHttp(listen: string, services: () => Running[], readiness: (
     } else if (req.url === '/healthz') {
       json(res, 200, { ok: true, services: services().map((s) => ({ name: s.name, address: s.address })) });
     } else if (req.url === '/readyz') {
-      void readiness().then((checks) => {
-        const ok = checks.every((c) => c.ok || !c.required);
-        json(res, ok ? 200 : 503, { ok, degraded: checks.some((c) => !c.ok), checks });
-      });
+      void readiness().then(
+        (checks) => {
+          const ok = checks.every((c) => c.ok || !c.required);
+          json(res, ok ? 200 : 503, { ok, degraded: checks.some((c) => !c.ok), checks });
+        },
+        // The checks never throw; if one ever does, the probe says so rather than take the process down.
+        (err: unknown) => json(res, 503, { ok: false, degraded: true, checks: [], error: (err as Error).message }),
+      );
     } else {
       res.writeHead(404).end();
     }
